@@ -1,0 +1,50 @@
+# Every repeated command lives here; README names them.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ORT    ?= cpu
+STAMP  := $(VENV)/.installed-$(ORT)
+
+.PHONY: install demo test lint typecheck unit integration results bench loadtest serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[train,$(ORT),dev]"
+	touch $@
+
+install: $(STAMP)
+
+## The main job: synthetic data -> train -> export -> embedded Redis -> API on 127.0.0.1:8000.
+demo: install
+	$(BIN)/causerec demo
+
+## Everything CI runs: lint, types, the whole test suite.
+test: install lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores).
+results: install
+	$(BIN)/python -m model.results --data-dir ../shared/data/ml-100k --out docs/results
+
+## Offline latency benchmark of an exported bundle (writes JSON).
+bench: install
+	$(BIN)/causerec bench-model --out loadtests/results/bench_model.json
+
+clean:
+	rm -rf $(VENV) runs bundles .pytest_cache .mypy_cache .ruff_cache

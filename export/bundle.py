@@ -1,0 +1,70 @@
+"""Run directory -> versioned, self-contained model bundle (see model.bundle_format)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from export.graphs import export_history_graph, export_ranking_graph
+from model.bundle_format import CATALOG, FORMAT_VERSION, HISTORY_GRAPH, MANIFEST, OPSET, RANKING_GRAPH, Manifest
+from model.train import load_model
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def length_buckets(recent_len: int, smallest: int = 8) -> list[int]:
+    """Powers of two up to L, then L: few distinct shapes, little padding for short histories."""
+    out, n = [], smallest
+    while n < recent_len:
+        out.append(n)
+        n *= 2
+    return [*out, recent_len]
+
+
+def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
+    """Write the bundle for ``run_dir`` into ``out_dir`` (replaced atomically if it exists)."""
+    model = load_model(run_dir)
+    cfg = model.cfg
+    metrics: dict[str, Any] = {}
+    run_metrics = run_dir / "metrics.json"
+    if run_metrics.is_file():
+        test = json.loads(run_metrics.read_text()).get("test", {})
+        metrics = {k: v for k, v in test.items() if isinstance(v, int | float | str)}
+    run_info = json.loads((run_dir / "run.json").read_text())
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
+    try:
+        export_ranking_graph(model, staging / RANKING_GRAPH)
+        if cfg.mode == "cause":
+            export_history_graph(model, staging / HISTORY_GRAPH)
+        shutil.copy(run_dir / CATALOG, staging / CATALOG)
+        files = {p.name: sha256(p) for p in sorted(staging.iterdir())}
+        version = hashlib.sha256("".join(f"{n}:{h}" for n, h in files.items()).encode()).hexdigest()[:16]
+        manifest = Manifest(
+            format_version=FORMAT_VERSION, version=version, created_at=datetime.now(UTC).isoformat(),
+            mode=cfg.mode, recent_len=cfg.recent_len, length_buckets=length_buckets(cfg.recent_len),
+            num_buckets=cfg.history_tokens, bucket_size=cfg.bucket_size, d_model=cfg.d_model, opset=OPSET,
+            num_items=cfg.num_items, num_actions=cfg.num_actions, num_categories=cfg.num_categories,
+            user_hash_buckets=cfg.user_hash_buckets, files=files, metrics=metrics,
+            train_config=run_info.get("train", {}),
+        )
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

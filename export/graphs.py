@@ -1,0 +1,108 @@
+"""The two ONNX graphs of a bundle, traced from the same torch modules training uses.
+
+ranking graph   (user, history tokens, recent events, exclusions, k) -> top-k (scores, ids)
+history graph   (bucket items, bucket category) -> bucket tokens      (eq. 4, for the store)
+
+Tracing both from ``CauseRecommender`` keeps one definition of every formula: the store never
+re-implements the bucket token, it runs this graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from model.bundle_format import HISTORY_INPUTS, HISTORY_OUTPUTS, OPSET, RANK_INPUTS
+from model.cause import CauseRecommender
+
+
+class ScoringGraph(nn.Module):
+    """Scores of every item for each user, exclusions and padding set to -inf: (B, N + 1)."""
+
+    def __init__(self, model: CauseRecommender) -> None:
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            # Constant at serving time: folding it into the graph saves the table pass per call.
+            self.register_buffer("table", (model.scoring_table() / model.cfg.temperature).T.contiguous())
+
+    def forward(self, user_hash: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
+                hist_ts: torch.Tensor, items: torch.Tensor, actions: torch.Tensor, ts: torch.Tensor,
+                mask: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+        cause = self.model.cfg.mode == "cause"
+        state = self.model.last_state(user_hash=user_hash, hist_tokens=hist_tokens if cause else None,
+                                      hist_mask=hist_mask if cause else None, hist_ts=hist_ts if cause else None,
+                                      items=items, actions=actions, ts=ts, mask=mask)
+        scores = state @ self.table  # (B, N + 1)
+        # -1 pads `exclude`; clamping sends it to column 0, the padding item, which is -inf anyway.
+        drop = exclude.clamp(min=0)
+        scores = scores.scatter(1, drop, torch.full_like(drop, 0, dtype=scores.dtype) - float("inf"))
+        return torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores[:, 1:]], dim=1)
+
+
+class HistoryGraph(nn.Module):
+    def __init__(self, model: CauseRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, bucket_items: torch.Tensor, bucket_cats: torch.Tensor) -> torch.Tensor:
+        """bucket_items (n, G) int64 (0 = empty slot), bucket_cats (n,) int64 -> (n, D) float32."""
+        return self.model.history_tokens(bucket_items.unsqueeze(0), bucket_cats.unsqueeze(0)).squeeze(0)
+
+
+def example_inputs(model: CauseRecommender, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    cfg, v = model.cfg, max(model.cfg.history_tokens, 1)
+    length = cfg.recent_len
+    return (
+        torch.zeros(batch, dtype=torch.int64),
+        torch.zeros(batch, v, cfg.d_model),
+        torch.ones(batch, v, dtype=torch.bool),
+        torch.zeros(batch, v, dtype=torch.int64),
+        torch.ones(batch, length, dtype=torch.int64),
+        torch.ones(batch, length, dtype=torch.int64),
+        torch.zeros(batch, length, dtype=torch.int64),
+        torch.ones(batch, length, dtype=torch.bool),
+        -torch.ones(batch, 3, dtype=torch.int64),
+    )
+
+
+def export_ranking_graph(model: CauseRecommender, path: Path) -> None:
+    """Trace the scoring graph, then append TopK so that ``k`` is a graph input.
+
+    TopK is added by hand because the tracer freezes a Python ``k``; inside the graph only k ids
+    and scores leave the device.
+    """
+    names = list(RANK_INPUTS[:-1])
+    dynamic = {n: {0: "batch"} for n in names}
+    for n in ("items", "actions", "ts", "mask"):
+        dynamic[n] = {0: "batch", 1: "recent"}
+    dynamic["exclude"] = {0: "batch", 1: "excluded"}
+    dynamic["all_scores"] = {0: "batch"}
+    torch.onnx.export(ScoringGraph(model).eval(), example_inputs(model), str(path), input_names=names,
+                      output_names=["all_scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    graph = onnx.load(str(path))
+    graph.graph.output.pop()
+    k_input = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
+    graph.graph.input.append(k_input)
+    graph.graph.node.append(helper.make_node("TopK", ["all_scores", "k"], ["scores", "ids"], axis=1,
+                                             largest=1, sorted=1))
+    graph.graph.output.extend([
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "k"]),
+    ])
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def export_history_graph(model: CauseRecommender, path: Path) -> None:
+    g = model.cfg.bucket_size
+    example = (torch.ones(3, g, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
+    torch.onnx.export(HistoryGraph(model).eval(), example, str(path), input_names=list(HISTORY_INPUTS),
+                      output_names=list(HISTORY_OUTPUTS),
+                      dynamic_axes={"bucket_items": {0: "n"}, "bucket_cats": {0: "n"}, "tokens": {0: "n"}},
+                      opset_version=OPSET, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))

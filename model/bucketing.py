@@ -1,0 +1,136 @@
+"""CAUSE steps 1-2: split a user's events into a recent window and a long-term history, and
+group that history into category buckets.
+
+This is the one definition of the rule. Training, export and the Redis store all import it, and it
+imports neither torch nor numpy, so the serving path can use it as is.
+
+Order: events are totally ordered by their key ``(ts, seq)``. ``seq`` is a per-user arrival counter,
+so equal timestamps are broken by arrival, and an event that arrives late with an old timestamp
+takes its place by timestamp ("out of order is handled by the rule, not ignored").
+
+Rule, for window length L, V buckets of G items:
+  * recent window = the L events with the largest keys; history = all the others;
+  * every history event goes into the bucket of each of its item's categories (many-to-many), or
+    into the reserved ``UNCATEGORIZED`` bucket when the item has none;
+  * a bucket keeps its G largest keys (newest first);
+  * buckets are ranked by their newest key (descending), ties by category id (ascending), and the
+    first V are the user's history buckets.
+
+``bucketize`` is the batch form; ``UserState`` the incremental one. Both give the same buckets for
+any event stream (property-tested), which is what lets the store update one event at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+UNCATEGORIZED = 0
+"""Category id of the reserved bucket for items that have no category."""
+
+CategoriesOf = Callable[[int], Sequence[int]]
+"""Maps an internal item id to its category ids (empty when it has none)."""
+
+
+class Event(NamedTuple):
+    ts: int  # seconds since the epoch
+    seq: int  # per-user arrival counter: breaks timestamp ties, unique per user
+    item: int  # internal item id (>= 1)
+    action: int  # internal action id (>= 1)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.ts, self.seq)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    category: int
+    items: tuple[int, ...]  # newest first, at most G
+    keys: tuple[tuple[int, int], ...]  # (ts, seq) of each item, newest first
+
+    @property
+    def newest(self) -> tuple[int, int]:
+        return self.keys[0]
+
+
+def _rank(bucket: Bucket) -> tuple[int, int, int]:
+    ts, seq = bucket.newest
+    return (-ts, -seq, bucket.category)
+
+
+def bucket_categories(item: int, categories_of: CategoriesOf) -> Sequence[int]:
+    cats = categories_of(item)
+    return cats if len(cats) else (UNCATEGORIZED,)
+
+
+def split_recent(events: Iterable[Event], recent_len: int) -> tuple[list[Event], list[Event]]:
+    """Return (history, recent), each oldest first; recent holds the ``recent_len`` newest events."""
+    ordered = sorted(events, key=lambda e: e.key)
+    cut = max(0, len(ordered) - recent_len)
+    return ordered[:cut], ordered[cut:]
+
+
+def bucketize(
+    history: Iterable[Event], categories_of: CategoriesOf, num_buckets: int, bucket_size: int
+) -> list[Bucket]:
+    """Batch form: the at most ``num_buckets`` history buckets, most recently active first."""
+    grouped: dict[int, list[Event]] = {}
+    for event in history:
+        for cat in bucket_categories(event.item, categories_of):
+            grouped.setdefault(cat, []).append(event)
+    buckets = []
+    for cat, events in grouped.items():
+        newest = sorted(events, key=lambda e: e.key, reverse=True)[:bucket_size]
+        buckets.append(Bucket(cat, tuple(e.item for e in newest), tuple(e.key for e in newest)))
+    buckets.sort(key=_rank)
+    return buckets[:num_buckets]
+
+
+@dataclass
+class UserState:
+    """Incremental form: a user's recent window and every bucket they have touched.
+
+    All touched buckets are kept, not only the top V: an out-of-order event can make any bucket
+    active again, and it must then hold exactly what the batch form would. The number of buckets
+    is therefore bounded by the number of categories in the catalogue (plus ``UNCATEGORIZED``),
+    each holding at most G items.
+    """
+
+    recent_len: int
+    bucket_size: int
+    recent: list[Event] = field(default_factory=list)  # oldest first, at most recent_len
+    # category -> [(key, item)] oldest first, at most bucket_size
+    buckets: dict[int, list[tuple[tuple[int, int], int]]] = field(default_factory=dict)
+
+    def append(self, event: Event, categories_of: CategoriesOf) -> set[int]:
+        """Add one event; return the categories whose bucket content changed."""
+        bisect.insort(self.recent, event, key=lambda e: e.key)
+        if len(self.recent) <= self.recent_len:
+            return set()
+        evicted = self.recent.pop(0)  # the oldest event: possibly `event` itself
+        return self.add_to_history(evicted, categories_of)
+
+    def add_to_history(self, event: Event, categories_of: CategoriesOf) -> set[int]:
+        touched = set()
+        for cat in bucket_categories(event.item, categories_of):
+            bucket = self.buckets.setdefault(cat, [])
+            if len(bucket) == self.bucket_size and event.key < bucket[0][0]:
+                continue  # older than everything a full bucket keeps: nothing changes
+            bisect.insort(bucket, (event.key, event.item))
+            if len(bucket) > self.bucket_size:
+                bucket.pop(0)
+            touched.add(cat)
+        return touched
+
+    def top(self, num_buckets: int) -> list[Bucket]:
+        """The history buckets, exactly as ``bucketize`` gives them for the same events."""
+        buckets = [
+            Bucket(cat, tuple(i for _, i in reversed(b)), tuple(k for k, _ in reversed(b)))
+            for cat, b in self.buckets.items()
+            if b
+        ]
+        buckets.sort(key=_rank)
+        return buckets[:num_buckets]

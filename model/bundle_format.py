@@ -1,0 +1,56 @@
+"""The model bundle's on-disk contract, shared by the writer (export/) and the reader (service/).
+
+Torch-free. A bundle is a directory; every path in the manifest is relative to it, so a bundle
+copied to another machine loads there unchanged.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+FORMAT_VERSION = 1
+"""Bumped whenever a reader of the previous version could misread a bundle."""
+
+MANIFEST = "manifest.json"
+RANKING_GRAPH = "model.onnx"
+HISTORY_GRAPH = "history.onnx"
+CATALOG = "catalog.json"
+OPSET = 17
+SUPPORTED_OPSETS = range(17, 22)
+
+# Graph input/output names: the engine binds by name.
+RANK_INPUTS = ("user_hash", "hist_tokens", "hist_mask", "hist_ts", "items", "actions", "ts", "mask", "exclude", "k")
+RANK_OUTPUTS = ("scores", "ids")
+HISTORY_INPUTS = ("bucket_items", "bucket_cats")
+HISTORY_OUTPUTS = ("tokens",)
+
+
+class Manifest(BaseModel):
+    """What a reader needs to know about a bundle before opening any graph."""
+
+    format_version: int = Field(description="FORMAT_VERSION of the writer")
+    version: str = Field(description="content hash of the graphs and catalog: the model version")
+    created_at: str = Field(description="UTC ISO-8601 time of export")
+    mode: str = Field(description="hstu | hstu-full | cause")
+    recent_len: int = Field(description="L: the most recent events fed raw")
+    length_buckets: list[int] = Field(description="recent lengths the engine pads to (ascending, last = L)")
+    num_buckets: int = Field(description="V: history tokens (0 when the mode has none)")
+    bucket_size: int = Field(description="G: items kept per bucket")
+    d_model: int
+    opset: int
+    num_items: int
+    num_actions: int
+    num_categories: int
+    user_hash_buckets: int = Field(description="rows of the hashed user-token table (model.user_hash)")
+    files: dict[str, str] = Field(description="relative path -> sha256 of every file in the bundle")
+    metrics: dict[str, float | int | str] = Field(default_factory=dict, description="the run's test metrics")
+    train_config: dict[str, object] = Field(default_factory=dict)
+
+
+class Catalog(BaseModel):
+    """Id maps: internal id i (1-based) is position i - 1 of each list."""
+
+    items: list[str]
+    item_categories: list[list[int]] = Field(description="per item: internal category ids (1..C)")
+    categories: list[str]
+    actions: list[str]

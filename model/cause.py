@@ -1,0 +1,158 @@
+"""CAUSE (Categorical User Sequence Compression, WSDM'26) on the HSTU backbone.
+
+Input (section 3): [user] [V history tokens] [sep]? [item_1, action_1, ..., item_L, action_L].
+    item token     = E_item[i] + mean_c E_cat[c]                  (c over the item's categories)
+    bucket token j = mean_{i in bucket j} (W_align x_i + b_align) + E_bucket[cat_j]     (eq. 4)
+                     where x_i is the item token; empty buckets are masked out
+Heads: the state at action_t predicts item_{t+1} (InfoNCE over sampled negatives); the state at
+item_t predicts action_t (cross-entropy). Causality keeps both from seeing their own target.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.config import ModelConfig
+from model.hstu import Backbone
+
+USER, HISTORY, ITEM, ACTION = range(4)  # token types
+
+
+class CauseRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, item_categories: torch.Tensor) -> None:
+        """item_categories: (num_items + 1, max_item_categories) int64, padded with num_categories + 1."""
+        super().__init__()
+        self.cfg = cfg
+        d, pad_cat = cfg.d_model, cfg.num_categories + 1
+        self.register_buffer("item_cats", item_categories.to(torch.int64))
+        self.item_emb = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+        self.cat_emb = nn.Embedding(cfg.num_categories + 2, d, padding_idx=pad_cat)
+        self.action_emb = nn.Embedding(cfg.num_actions + 1, d, padding_idx=0)
+        self.user_emb = nn.Embedding(cfg.user_hash_buckets, d)
+        self.type_emb = nn.Embedding(4, d)
+        if cfg.mode == "cause":
+            self.bucket_emb = nn.Embedding(cfg.num_categories + 1, d)
+            self.align = nn.Linear(d, d) if cfg.use_align else nn.Identity()
+        if cfg.separators:
+            self.sep = nn.Parameter(torch.zeros(d))
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.backbone = Backbone(cfg)
+        self.action_head = nn.Linear(d, cfg.num_actions + 1)
+        for emb in (self.item_emb, self.cat_emb, self.action_emb, self.user_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+            if emb.padding_idx is not None:
+                emb.weight.data[emb.padding_idx].zero_()
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """(...,) int64 item ids -> (..., D)."""
+        cats = self.item_cats[items]  # (..., M)
+        valid = (cats != self.cfg.num_categories + 1).unsqueeze(-1)
+        cat_mean = (self.cat_emb(cats) * valid).sum(-2) / valid.sum(-2).clamp(min=1)
+        return self.item_emb(items) + cat_mean
+
+    def aligned_items(self, items: torch.Tensor) -> torch.Tensor:
+        """W_align x_i + b_align: the per-item table the store averages (eq. 4, inner term)."""
+        return self.align(self.item_tokens(items))
+
+    def history_tokens(self, bucket_items: torch.Tensor, bucket_cats: torch.Tensor) -> torch.Tensor:
+        """bucket_items (B, V, G) int64 (0 = empty), bucket_cats (B, V) int64 -> (B, V, D)."""
+        valid = (bucket_items > 0).unsqueeze(-1)
+        mean = (self.aligned_items(bucket_items) * valid).sum(-2) / valid.sum(-2).clamp(min=1)
+        return mean + self.bucket_emb(bucket_cats)
+
+    def scoring_table(self) -> torch.Tensor:
+        """(num_items + 1, D) unit-norm item vectors that states are scored against."""
+        return F.normalize(self.item_tokens(torch.arange(self.cfg.num_items + 1, device=self.item_cats.device)),
+                           dim=-1)
+
+    # ---- backbone -------------------------------------------------------------------------------
+    def encode(self, user_hash: torch.Tensor, hist_tokens: torch.Tensor | None, hist_mask: torch.Tensor | None,
+               hist_ts: torch.Tensor | None, items: torch.Tensor, actions: torch.Tensor, ts: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the backbone over the whole layout: (B, T, D) states and (B, T) validity, T = cfg.seq_len.
+
+        user_hash (B,); hist_* (B, V, D) / (B, V) or None when the mode has no history;
+        items, actions, ts, mask: (B, L) left-padded recent events (mask True = real event).
+        """
+        b, length = items.shape
+        dev = items.device
+        now = (ts * mask).amax(1, keepdim=True)  # (B, 1): the user token sits at the newest event
+        parts = [self.user_emb(user_hash).unsqueeze(1) + self.type_emb.weight[USER]]
+        valid = [torch.ones(b, 1, dtype=torch.bool, device=dev)]
+        stamps = [now]
+        if self.cfg.mode == "cause":
+            assert hist_tokens is not None and hist_mask is not None and hist_ts is not None
+            parts.append(hist_tokens + self.type_emb.weight[HISTORY])
+            valid.append(hist_mask)
+            stamps.append(hist_ts)
+        if self.cfg.separators:
+            parts.append(self.sep.expand(b, 1, -1))
+            valid.append(valid[0])
+            stamps.append(now)
+        item_tok = self.item_tokens(items) + self.type_emb.weight[ITEM]
+        action_tok = self.action_emb(actions) + self.type_emb.weight[ACTION]
+        parts.append(torch.stack([item_tok, action_tok], dim=2).reshape(b, 2 * length, -1))
+        valid.append(mask.repeat_interleave(2, dim=1))
+        stamps.append(ts.repeat_interleave(2, dim=1))
+        x = self.input_dropout(torch.cat(parts, dim=1))
+        all_valid = torch.cat(valid, dim=1)
+        return self.backbone(x, all_valid, torch.cat(stamps, dim=1)), all_valid
+
+    @property
+    def recent_offset(self) -> int:
+        return 1 + self.cfg.history_tokens + int(self.cfg.separators)
+
+    def last_state(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """(B, D) unit-norm state at the last valid token: the query for the next item.
+
+        That is the newest action token, or for a user with no events the user (or last history)
+        token, so an unknown user still gets recommendations from the user token alone.
+        """
+        out, valid = self.encode(**inputs)  # type: ignore[arg-type]
+        positions = torch.arange(valid.shape[1], device=valid.device)
+        last = (valid.to(torch.int64) * positions).argmax(1)  # (B,)
+        return F.normalize(out[torch.arange(out.shape[0], device=out.device), last], dim=-1)
+
+    def score_all(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """(B, num_items + 1) scores; column 0 (padding) is -inf."""
+        scores = self.last_state(**inputs) @ self.scoring_table().T / self.cfg.temperature
+        scores[:, 0] = float("-inf")
+        return scores
+
+    # ---- training -------------------------------------------------------------------------------
+    def losses(self, batch: dict[str, torch.Tensor], num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next-item InfoNCE, action cross-entropy), each averaged over its valid positions."""
+        out, _ = self.encode(**model_inputs(self, batch))
+        recent = out[:, self.recent_offset:]
+        at_items, at_actions = recent[:, 0::2], recent[:, 1::2]  # (B, L, D) each
+
+        target = batch["target_next"]
+        has_next = target > 0
+        h = F.normalize(at_actions[has_next], dim=-1)  # (P, D)
+        pos_ids = target[has_next]
+        negatives = torch.randint(1, self.cfg.num_items + 1, (num_negatives,), device=h.device)
+        pos = F.normalize(self.item_tokens(pos_ids), dim=-1)
+        neg = F.normalize(self.item_tokens(negatives), dim=-1)
+        logits = torch.cat([(h * pos).sum(-1, keepdim=True), h @ neg.T], dim=1) / self.cfg.temperature
+        accidental = torch.cat([torch.zeros_like(pos_ids[:, None], dtype=torch.bool),
+                                negatives[None, :] == pos_ids[:, None]], dim=1)
+        logits = logits.masked_fill(accidental, float("-inf"))
+        item_loss = F.cross_entropy(logits, torch.zeros_like(pos_ids))
+
+        real = batch["mask"]
+        action_loss = F.cross_entropy(self.action_head(at_items[real]), batch["actions"][real])
+        return item_loss, action_loss
+
+
+def model_inputs(model: CauseRecommender, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The encode() arguments from a batch; history tokens are built here in cause mode."""
+    hist_tokens = hist_mask = hist_ts = None
+    if model.cfg.mode == "cause":
+        hist_tokens = model.history_tokens(batch["bucket_items"], batch["bucket_cats"])
+        hist_mask, hist_ts = batch["bucket_mask"], batch["bucket_ts"]
+    return {"user_hash": batch["user_hash"], "hist_tokens": hist_tokens, "hist_mask": hist_mask,
+            "hist_ts": hist_ts, "items": batch["items"], "actions": batch["actions"], "ts": batch["ts"],
+            "mask": batch["mask"]}

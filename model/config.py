@@ -1,0 +1,49 @@
+"""One config for the whole model; checkpoints store it so loading rebuilds the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MODES = ("hstu", "hstu-full", "cause")
+
+
+@dataclass
+class ModelConfig:
+    num_items: int  # internal ids 1..num_items; 0 is padding
+    num_actions: int  # internal ids 1..num_actions; 0 is padding
+    num_categories: int  # real categories 1..C; 0 is bucketing.UNCATEGORIZED
+    max_item_categories: int  # width of the item -> categories table
+    mode: str = "cause"  # hstu: recent L only; hstu-full: up to L raw events; cause: recent L + V buckets
+    recent_len: int = 32  # L: raw events in the input (hstu-full: the cap on the whole history)
+    num_buckets: int = 8  # V: history tokens (cause only)
+    bucket_size: int = 32  # G: newest items kept per bucket
+    d_model: int = 64
+    num_layers: int = 3
+    num_heads: int = 8
+    dropout: float = 0.2
+    user_hash_buckets: int = 2048  # rows of the hashed user-token table
+    num_time_buckets: int = 64  # log-bucketed time gaps for the relative time bias
+    max_rel_pos: int = 512  # relative positions beyond this share one learned bias
+    temperature: float = 0.05  # InfoNCE / scoring temperature over cosine similarities
+    use_align: bool = True  # ablation: False drops W_align, b_align from the bucket token (eq. 4)
+    separators: bool = False  # a learned separator token between the history and the recent events
+    backbone: str = "hstu"  # "hstu" (pointwise SiLU attention) or "transformer" (softmax)
+
+    def __post_init__(self) -> None:
+        assert self.mode in MODES, f"mode must be one of {MODES}"
+        assert self.backbone in ("hstu", "transformer")
+        assert self.d_model % self.num_heads == 0, "d_model must divide into heads"
+
+    @property
+    def history_tokens(self) -> int:
+        """V if the mode uses history tokens, else 0."""
+        return self.num_buckets if self.mode == "cause" else 0
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per input: [user] [V history] [sep]? [item_1, action_1, ..., item_L, action_L]."""
+        return 1 + self.history_tokens + int(self.separators) + 2 * self.recent_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,114 @@
+"""HSTU backbone (Zhai et al. 2024, "Actions Speak Louder than Words", section 3.1).
+
+Per layer (eq. 1-3):
+    U, V, Q, K = Split(SiLU(f1(LayerNorm(X))))
+    A(X) V(X)  = (SiLU(Q K^T + rab) / n) V        pointwise, not softmax; n = valid tokens
+    Y(X)       = X + f2(Dropout(U * LayerNorm(A(X) V(X))))
+rab = learned relative-position bias + learned bias over log-bucketed time gaps.
+
+Padding invariance matters for serving: positions come from the count of *valid* tokens, masked
+keys contribute exactly zero and the normalisation uses the valid count, so padding the input to a
+fixed shape never changes a score.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.config import ModelConfig
+
+
+def log_time_bucket(gap_s: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """(...,) int64 seconds -> (...,) int64 bucket: floor(log(max(|gap|, 1)) / 0.301), clipped."""
+    gap = gap_s.abs().clamp(min=1).to(torch.float32)
+    return (torch.log(gap) / 0.301).floor().clamp(max=num_buckets - 1).to(torch.int64)
+
+
+class RelativeBias(nn.Module):
+    """rab(i, j) = w_pos[pos_i - pos_j] + w_time[bucket(ts_i - ts_j)], shared across heads."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_rel_pos = cfg.max_rel_pos
+        self.num_time_buckets = cfg.num_time_buckets
+        self.pos = nn.Embedding(cfg.max_rel_pos, 1)
+        self.time = nn.Embedding(cfg.num_time_buckets, 1)
+        nn.init.zeros_(self.pos.weight)
+        nn.init.zeros_(self.time.weight)
+
+    def forward(self, positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """positions, ts: (B, T) int64 -> (B, 1, T, T) float."""
+        rel = (positions[:, :, None] - positions[:, None, :]).clamp(0, self.max_rel_pos - 1)
+        gaps = log_time_bucket(ts[:, :, None] - ts[:, None, :], self.num_time_buckets)
+        return (self.pos(rel) + self.time(gaps)).squeeze(-1).unsqueeze(1)
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.norm_in = nn.LayerNorm(cfg.d_model)
+        self.uvqk = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.norm_attn = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rab = RelativeBias(cfg)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, n_valid: torch.Tensor,
+                positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D); attn_mask (B, 1, T, T) float 0/1 (causal and valid); n_valid (B,)."""
+        b, t, d = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)  # each (B, T, D)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-1, -2) + self.rab(positions, ts)  # (B, H, T, T)
+        weights = F.silu(scores) * attn_mask / n_valid.view(b, 1, 1, 1)
+        attended = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return x + self.out(self.dropout(u * self.norm_attn(attended)))
+
+
+class SoftmaxLayer(nn.Module):
+    """A plain pre-norm softmax transformer block, for comparison with HSTU."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
+                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, n_valid: torch.Tensor,
+                positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.norm1(x)).chunk(3, dim=-1))
+        scores = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+        scores = scores.masked_fill(attn_mask == 0, -1e9)
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.dropout(self.proj(attended))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        layer = HSTULayer if cfg.backbone == "hstu" else SoftmaxLayer
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), valid (B, T) bool, ts (B, T) int64 -> (B, T, D)."""
+        t = x.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        mask2d = causal[None] & valid[:, None, :] & valid[:, :, None]
+        attn_mask = mask2d.unsqueeze(1).to(x.dtype)  # (B, 1, T, T)
+        positions = valid.to(torch.int64).cumsum(1)  # valid-token positions: padding-invariant
+        n_valid = valid.sum(1).clamp(min=1).to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, attn_mask, n_valid, positions, ts)
+        return self.norm(x)

@@ -1,0 +1,86 @@
+"""Turn (user, cut point) pairs into padded model inputs, applying the shared bucketing rule.
+
+A sample ``(row, end)`` means: the input is the user's events before absolute index ``end``; in
+training the target of the last position is the event at ``end``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.bucketing import Bucket, Event, bucketize, split_recent
+from model.config import ModelConfig
+from model.data import Dataset
+from model.user_hash import user_hash_bucket
+
+
+def pad_recent(recent: list[Event], length: int) -> dict[str, np.ndarray]:
+    """Left-pad a recent window (oldest first) to ``length``: the newest event is always last."""
+    out = {
+        "items": np.zeros(length, np.int64),
+        "actions": np.zeros(length, np.int64),
+        "ts": np.zeros(length, np.int64),
+        "mask": np.zeros(length, bool),
+    }
+    n = len(recent)
+    if n:
+        out["items"][-n:] = [e.item for e in recent]
+        out["actions"][-n:] = [e.action for e in recent]
+        out["ts"][-n:] = [e.ts for e in recent]
+        out["mask"][-n:] = True
+    return out
+
+
+def pad_buckets(buckets: list[Bucket], num_buckets: int, bucket_size: int) -> dict[str, np.ndarray]:
+    out = {
+        "bucket_items": np.zeros((num_buckets, bucket_size), np.int64),
+        "bucket_cats": np.zeros(num_buckets, np.int64),
+        "bucket_mask": np.zeros(num_buckets, bool),
+        "bucket_ts": np.zeros(num_buckets, np.int64),
+    }
+    for j, b in enumerate(buckets):
+        out["bucket_items"][j, : len(b.items)] = b.items
+        out["bucket_cats"][j] = b.category
+        out["bucket_mask"][j] = True
+        out["bucket_ts"][j] = b.newest[0]
+    return out
+
+
+@dataclass
+class SampleBuilder:
+    dataset: Dataset
+    cfg: ModelConfig
+
+    def __post_init__(self) -> None:
+        self._events = [self.dataset.user_events(r) for r in range(self.dataset.num_users)]
+        self._hash = np.array([user_hash_bucket(self.dataset.users.external(r + 1), self.cfg.user_hash_buckets)
+                               for r in range(self.dataset.num_users)], np.int64)
+
+    def events_before(self, row: int, end: int) -> list[Event]:
+        return self._events[row][: end - int(self.dataset.user_offsets[row])]
+
+    def sample(self, row: int, end: int, with_targets: bool) -> dict[str, np.ndarray]:
+        assert end > int(self.dataset.user_offsets[row]), "a sample needs at least one input event"
+        history, recent = split_recent(self.events_before(row, end), self.cfg.recent_len)
+        out = pad_recent(recent, self.cfg.recent_len)
+        out["user_hash"] = self._hash[row]
+        if self.cfg.mode == "cause":
+            buckets = bucketize(history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size)
+            out.update(pad_buckets(buckets, self.cfg.num_buckets, self.cfg.bucket_size))
+        if with_targets:
+            nxt = [e.item for e in recent[1:]] + [int(self.dataset.item[end])]
+            target = np.zeros(self.cfg.recent_len, np.int64)
+            target[-len(nxt):] = nxt
+            out["target_next"] = target
+        return out
+
+    def batch(self, rows: np.ndarray, ends: np.ndarray, with_targets: bool) -> dict[str, np.ndarray]:
+        samples = [self.sample(int(r), int(e), with_targets) for r, e in zip(rows, ends, strict=True)]
+        return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+    def seen_items(self, row: int, end: int) -> np.ndarray:
+        """Every item the user interacted with before ``end``."""
+        start = int(self.dataset.user_offsets[row])
+        return np.unique(self.dataset.item[start:end])

@@ -1,0 +1,187 @@
+"""Training: sampled windows per user, InfoNCE + action CE, early stopping on validation NDCG@10.
+
+A run directory holds everything later steps need:
+    model.pt      config + weights of the best epoch (by validation NDCG@10)
+    catalog.json  external item ids, item categories, category names, action values
+    run.json      how the data was loaded (so evaluate/export rebuild it) and the train config
+    metrics.json  per-epoch history, best validation metrics and the test metrics
+    training.png  loss and validation curves
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.cause import CauseRecommender
+from model.config import ModelConfig
+from model.data import Dataset
+from model.evaluate import evaluate, to_tensors
+from model.samples import SampleBuilder
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    num_negatives: int = 200  # K sampled negatives for InfoNCE (paper: 200)
+    item_loss_weight: float = 1.0
+    action_loss_weight: float = 1.0  # 0 = the "no action loss" ablation
+    samples_per_user: int = 4  # windows per user per epoch: the full one + random earlier cuts
+    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
+    seed: int = 0
+    device: str = "cpu"
+    max_eval_users: int | None = None  # validation subset per epoch (None = all)
+    data: dict[str, Any] = field(default_factory=dict)  # how to reload the dataset
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def item_category_table(dataset: Dataset) -> torch.Tensor:
+    """(num_items + 1, M) category ids padded with C + 1; uncategorised items get bucketing.UNCATEGORIZED."""
+    pad = len(dataset.categories) + 1
+    rows = [c if c else (0,) for c in dataset.item_categories]
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], dtype=torch.int64)
+
+
+def build_model(dataset: Dataset, **overrides: Any) -> CauseRecommender:
+    table = item_category_table(dataset)
+    cfg = ModelConfig(num_items=dataset.num_items, num_actions=len(dataset.actions),
+                      num_categories=len(dataset.categories), max_item_categories=table.shape[1], **overrides)
+    return CauseRecommender(cfg, table)
+
+
+def epoch_samples(dataset: Dataset, per_user: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ends): each user's full training window plus random earlier cuts, shuffled."""
+    rows, ends = [], []
+    for row in range(dataset.num_users):
+        start, last = int(dataset.user_offsets[row]), dataset.train_end(row) - 1
+        if last <= start:
+            continue
+        cuts = [last] + list(rng.integers(start + 1, last + 1, per_user - 1))
+        rows += [row] * len(cuts)
+        ends += cuts
+    order = rng.permutation(len(rows))
+    return np.asarray(rows)[order], np.asarray(ends)[order]
+
+
+def train_batch_size(cfg: ModelConfig, requested: int, budget_bytes: float = 2.5e9) -> int:
+    """Cap the batch so the saved attention activations of all layers fit the memory budget."""
+    per_user = 6 * cfg.num_layers * cfg.num_heads * cfg.seq_len**2 * 4
+    return int(max(4, min(requested, budget_bytes // per_user)))
+
+
+def save_catalog(dataset: Dataset, run_dir: Path) -> None:
+    catalog = {
+        "items": dataset.items.to_list(),
+        "item_categories": [list(c) for c in dataset.item_categories[1:]],
+        "categories": dataset.categories.to_list(),
+        "actions": dataset.actions.to_list(),
+    }
+    (run_dir / "catalog.json").write_text(json.dumps(catalog))
+
+
+def train(dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir: Path,
+          progress: bool = True) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(dataset, **model_cfg).to(cfg.device)
+    builder = SampleBuilder(dataset, model.cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    batch_size = train_batch_size(model.cfg, cfg.batch_size)
+    valid, test = dataset.split("valid"), dataset.split("test")
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"ndcg@10": -1.0}
+    stale = 0
+    save_catalog(dataset, run_dir)
+    (run_dir / "run.json").write_text(json.dumps({"train": asdict(cfg), "model": model.cfg.to_dict(),
+                                                  "dataset": dataset.describe()}, indent=2))
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        rows, ends = epoch_samples(dataset, cfg.samples_per_user, rng)
+        started = time.perf_counter()
+        totals = np.zeros(2)
+        steps = range(0, len(rows), batch_size)
+        bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for lo in bar:
+            batch = to_tensors(builder.batch(rows[lo:lo + batch_size], ends[lo:lo + batch_size], True), cfg.device)
+            item_loss, action_loss = model.losses(batch, cfg.num_negatives)
+            loss = cfg.item_loss_weight * item_loss + cfg.action_loss_weight * action_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            totals += [item_loss.item(), action_loss.item()]
+            bar.set_postfix(item=f"{item_loss.item():.3f}", action=f"{action_loss.item():.3f}")
+        epoch_s = time.perf_counter() - started
+        metrics = evaluate(model, builder, valid, max_users=cfg.max_eval_users, device=cfg.device)
+        record = {"epoch": epoch, "item_loss": totals[0] / len(steps), "action_loss": totals[1] / len(steps),
+                  "train_s": epoch_s, "valid": metrics}
+        history.append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch}: item loss {record['item_loss']:.4f} action loss "
+                       f"{record['action_loss']:.4f} valid ndcg@10 {metrics['ndcg@10']:.4f} ({epoch_s:.1f}s)")
+        if float(metrics["ndcg@10"]) > best["ndcg@10"]:
+            best, stale = {**metrics, "epoch": epoch}, 0
+            torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt")
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model = load_model(run_dir, cfg.device)
+    result = {
+        "best_valid": best,
+        "test": evaluate(model, builder, test, device=cfg.device),
+        "train_s_per_epoch": float(np.mean([h["train_s"] for h in history])),
+        "epochs_run": len(history),
+        "seq_len": model.cfg.seq_len,
+        "history": history,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot_curves(history, run_dir / "training.png")
+    return result
+
+
+def load_model(run_dir: Path, device: str = "cpu") -> CauseRecommender:
+    ckpt = torch.load(run_dir / "model.pt", map_location=device, weights_only=True)
+    cfg = ModelConfig(**ckpt["config"])
+    model = CauseRecommender(cfg, ckpt["state_dict"]["item_cats"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["item_loss"] for h in history], label="next-item InfoNCE")
+    ax1.plot(epochs, [h["action_loss"] for h in history], label="action CE")
+    ax1.set_xlabel("epoch")
+    ax1.set_title("training loss")
+    ax1.legend()
+    ax2.plot(epochs, [h["valid"]["ndcg@10"] for h in history], marker="o")
+    ax2.set_xlabel("epoch")
+    ax2.set_title("validation NDCG@10")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

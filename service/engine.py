@@ -1,0 +1,140 @@
+"""ONNX Runtime inference for a bundle: the ranking graph and the history-token graph. No torch.
+
+CUDA is used when the CUDA execution provider is available *and* active after the session is
+created (ONNX Runtime silently falls back to the CPU when the CUDA libraries are missing), else CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from model.bundle_format import HISTORY_GRAPH, RANKING_GRAPH
+from service.bundle import Bundle
+from service.errors import BundleError
+
+log = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def make_session(path: str, device: str, intra_op_threads: int) -> ort.InferenceSession:
+    """device: "auto" (CUDA if it really runs, else CPU), "cuda" (fail without it) or "cpu"."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # Spinning threads burn the cores uvicorn and Redis need between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    providers = [CUDA, CPU] if want_cuda else [CPU]
+    try:
+        session = ort.InferenceSession(path, options, providers=providers)
+    except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
+        raise BundleError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+    if device == "cuda" and CUDA not in session.get_providers():
+        raise BundleError(f"{path}: CUDA was requested but the CUDA execution provider is not active")
+    return session
+
+
+@dataclass
+class UserFeatures:
+    """Everything the ranking graph needs for one user (internal ids, numpy)."""
+
+    user_hash: int
+    items: np.ndarray  # (n,) int64, oldest first, n <= L
+    actions: np.ndarray  # (n,) int64
+    ts: np.ndarray  # (n,) int64
+    hist_tokens: np.ndarray | None = None  # (V, D) float32
+    hist_mask: np.ndarray | None = None  # (V,) bool
+    hist_ts: np.ndarray | None = None  # (V,) int64
+    seen: np.ndarray | None = None  # item ids to exclude, or None
+
+
+@dataclass
+class Ranked:
+    items: np.ndarray  # (<= k,) int64 internal ids, best first
+    scores: np.ndarray  # (<= k,) float32
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 1) -> None:
+        self.bundle = bundle
+        m = bundle.manifest
+        self.ranker = make_session(str(bundle.path / RANKING_GRAPH), device, intra_op_threads)
+        self.history = (make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
+                        if bundle.has_history else None)
+        self.device = "cuda" if CUDA in self.ranker.get_providers() else "cpu"
+        self.input_names = {i.name for i in self.ranker.get_inputs()}
+        self.length_buckets = m.length_buckets
+        self.num_buckets, self.d_model = m.num_buckets, m.d_model
+        log.info("bundle %s loaded on %s (providers %s)", bundle.version, self.device, self.ranker.get_providers())
+
+    # ---- history tokens (used by the store) ------------------------------------------------------
+    def bucket_tokens(self, bucket_items: np.ndarray, bucket_cats: np.ndarray) -> np.ndarray:
+        """(n, G) int64 items (0 = empty) and (n,) int64 categories -> (n, D) float32 tokens."""
+        if self.history is None:
+            raise BundleError(f"bundle {self.bundle.version} ({self.bundle.manifest.mode}) has no history graph")
+        if len(bucket_cats) == 0:
+            return np.zeros((0, self.d_model), np.float32)
+        out = self.history.run(None, {"bucket_items": bucket_items.astype(np.int64),
+                                      "bucket_cats": bucket_cats.astype(np.int64)})
+        return np.asarray(out[0], np.float32)
+
+    # ---- ranking ---------------------------------------------------------------------------------
+    def padded_length(self, n: int) -> int:
+        return next((b for b in self.length_buckets if b >= n), self.length_buckets[-1])
+
+    def batch_inputs(self, users: list[UserFeatures], k: int) -> dict[str, np.ndarray]:
+        b = len(users)
+        length = self.padded_length(max(len(u.items) for u in users))
+        v = max(self.num_buckets, 1)
+        excl = max([len(u.seen) for u in users if u.seen is not None] + [1])
+        feeds: dict[str, Any] = {
+            "user_hash": np.array([u.user_hash for u in users], np.int64),
+            "hist_tokens": np.zeros((b, v, self.d_model), np.float32),
+            "hist_mask": np.zeros((b, v), bool),
+            "hist_ts": np.zeros((b, v), np.int64),
+            "items": np.zeros((b, length), np.int64),
+            "actions": np.zeros((b, length), np.int64),
+            "ts": np.zeros((b, length), np.int64),
+            "mask": np.zeros((b, length), bool),
+            "exclude": np.full((b, excl), -1, np.int64),
+            "k": np.array([k], np.int64),
+        }
+        for i, u in enumerate(users):
+            n = min(len(u.items), length)
+            if n:  # left-padded: the newest event is always the last token
+                feeds["items"][i, -n:] = u.items[-n:]
+                feeds["actions"][i, -n:] = u.actions[-n:]
+                feeds["ts"][i, -n:] = u.ts[-n:]
+                feeds["mask"][i, -n:] = True
+            if u.hist_tokens is not None and self.num_buckets:
+                feeds["hist_tokens"][i] = u.hist_tokens
+                feeds["hist_mask"][i] = u.hist_mask
+                feeds["hist_ts"][i] = u.hist_ts
+            if u.seen is not None and len(u.seen):
+                feeds["exclude"][i, : len(u.seen)] = u.seen
+        return {name: value for name, value in feeds.items() if name in self.input_names}
+
+    def rank(self, users: list[UserFeatures], k: int) -> list[Ranked]:
+        """Top-k per user in one graph call; excluded items never appear."""
+        k = min(k, self.bundle.manifest.num_items)
+        scores, ids = self.ranker.run(["scores", "ids"], self.batch_inputs(users, k))
+        out = []
+        for s, i in zip(scores, ids, strict=True):
+            keep = np.isfinite(s)  # fewer than k candidates left after exclusions
+            out.append(Ranked(i[keep].astype(np.int64), s[keep].astype(np.float32)))
+        return out
+
+    def warmup(self) -> None:
+        """Run every padded length once so the first real request pays no allocation cost."""
+        for length in self.length_buckets:
+            user = UserFeatures(0, np.ones(length, np.int64), np.ones(length, np.int64), np.zeros(length, np.int64))
+            self.rank([user], 10)
+        if self.history is not None:
+            self.bucket_tokens(np.ones((1, self.bundle.manifest.bucket_size), np.int64), np.zeros(1, np.int64))

@@ -1,0 +1,27 @@
+"""Domain exceptions. They are mapped to HTTP in one place (service.app); nothing else knows HTTP codes."""
+
+from __future__ import annotations
+
+
+class CauserecError(Exception):
+    """Base class: the message is safe to show to a client."""
+
+
+class BundleError(CauserecError):
+    """A model bundle is missing, corrupt or incompatible."""
+
+
+class ModelNotReady(CauserecError):
+    """No model is loaded (yet), or it is still warming up."""
+
+
+class StoreUnavailable(CauserecError):
+    """Redis did not answer in time or refused the connection."""
+
+
+class Overloaded(CauserecError):
+    """The inference queue is full; the client should retry later."""
+
+
+class StoreConflict(CauserecError):
+    """Too many concurrent writers on one user; the append was not applied."""

@@ -1,0 +1,51 @@
+"""Session fixtures: a tiny trained model and its bundle, shared by unit and integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = {"num_users": 200, "num_items": 300, "num_categories": 8, "events_per_user": 60, "seed": 7}
+TINY_MODEL = {"mode": "cause", "recent_len": 8, "num_buckets": 4, "bucket_size": 8, "d_model": 32,
+              "num_layers": 2, "num_heads": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():  # type: ignore[no-untyped-def]
+    from model.data import load_dataset
+
+    return load_dataset("synthetic", **TINY)
+
+
+def _train(tmp: Path, dataset, **overrides):  # type: ignore[no-untyped-def]
+    from model.train import TrainConfig, train
+
+    run = tmp / "run"
+    cfg = TrainConfig(epochs=2, patience=2, samples_per_user=2,
+                      data={"dataset": "synthetic", "options": TINY})
+    train(dataset, {**TINY_MODEL, **overrides}, cfg, run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_dataset):  # type: ignore[no-untyped-def]
+    return _train(tmp_path_factory.mktemp("tiny"), tiny_dataset)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_run):  # type: ignore[no-untyped-def]
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "b1"
+    export_bundle(tiny_run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    path = SHARED_DATA / "ml-100k"
+    if not (path / "u.data").is_file():
+        pytest.skip(f"MovieLens-100K not found at {path}")
+    return path
