@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from export.graphs import export_history_graph, export_ranking_graph
-from model.bundle_format import CATALOG, FORMAT_VERSION, HISTORY_GRAPH, MANIFEST, OPSET, RANKING_GRAPH, Manifest
+from model.bundle_format import (
+    CATALOG,
+    FORMAT_VERSION,
+    HISTORY_GRAPH,
+    MANIFEST,
+    OPSET,
+    RANKING_GRAPH,
+    Manifest,
+)
 from model.train import load_model
 
 
@@ -54,11 +62,22 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
         files = {p.name: sha256(p) for p in sorted(staging.iterdir())}
         version = hashlib.sha256("".join(f"{n}:{h}" for n, h in files.items()).encode()).hexdigest()[:16]
         manifest = Manifest(
-            format_version=FORMAT_VERSION, version=version, created_at=datetime.now(UTC).isoformat(),
-            mode=cfg.mode, recent_len=cfg.recent_len, length_buckets=length_buckets(cfg.recent_len),
-            num_buckets=cfg.history_tokens, bucket_size=cfg.bucket_size, d_model=cfg.d_model, opset=OPSET,
-            num_items=cfg.num_items, num_actions=cfg.num_actions, num_categories=cfg.num_categories,
-            user_hash_buckets=cfg.user_hash_buckets, files=files, metrics=metrics,
+            format_version=FORMAT_VERSION,
+            version=version,
+            created_at=datetime.now(UTC).isoformat(),
+            mode=cfg.mode,
+            recent_len=cfg.recent_len,
+            length_buckets=length_buckets(cfg.recent_len),
+            num_buckets=cfg.history_tokens,
+            bucket_size=cfg.bucket_size,
+            d_model=cfg.d_model,
+            opset=OPSET,
+            num_items=cfg.num_items,
+            num_actions=cfg.num_actions,
+            num_categories=cfg.num_categories,
+            user_hash_buckets=cfg.user_hash_buckets,
+            files=files,
+            metrics=metrics,
             train_config=run_info.get("train", {}),
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))

@@ -30,13 +30,29 @@ class ScoringGraph(nn.Module):
             # Constant at serving time: folding it into the graph saves the table pass per call.
             self.register_buffer("table", (model.scoring_table() / model.cfg.temperature).T.contiguous())
 
-    def forward(self, user_hash: torch.Tensor, hist_tokens: torch.Tensor, hist_mask: torch.Tensor,
-                hist_ts: torch.Tensor, items: torch.Tensor, actions: torch.Tensor, ts: torch.Tensor,
-                mask: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        user_hash: torch.Tensor,
+        hist_tokens: torch.Tensor,
+        hist_mask: torch.Tensor,
+        hist_ts: torch.Tensor,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        ts: torch.Tensor,
+        mask: torch.Tensor,
+        exclude: torch.Tensor,
+    ) -> torch.Tensor:
         cause = self.model.cfg.mode == "cause"
-        state = self.model.last_state(user_hash=user_hash, hist_tokens=hist_tokens if cause else None,
-                                      hist_mask=hist_mask if cause else None, hist_ts=hist_ts if cause else None,
-                                      items=items, actions=actions, ts=ts, mask=mask)
+        state = self.model.last_state(
+            user_hash=user_hash,
+            hist_tokens=hist_tokens if cause else None,
+            hist_mask=hist_mask if cause else None,
+            hist_ts=hist_ts if cause else None,
+            items=items,
+            actions=actions,
+            ts=ts,
+            mask=mask,
+        )
         scores = state @ self.table  # (B, N + 1)
         # -1 pads `exclude`; clamping sends it to column 0, the padding item, which is -inf anyway.
         drop = exclude.clamp(min=0)
@@ -82,18 +98,29 @@ def export_ranking_graph(model: CauseRecommender, path: Path) -> None:
         dynamic[n] = {0: "batch", 1: "recent"}
     dynamic["exclude"] = {0: "batch", 1: "excluded"}
     dynamic["all_scores"] = {0: "batch"}
-    torch.onnx.export(ScoringGraph(model).eval(), example_inputs(model), str(path), input_names=names,
-                      output_names=["all_scores"], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        ScoringGraph(model).eval(),
+        example_inputs(model),
+        str(path),
+        input_names=names,
+        output_names=["all_scores"],
+        dynamic_axes=dynamic,
+        opset_version=OPSET,
+        dynamo=False,
+    )
     graph = onnx.load(str(path))
     graph.graph.output.pop()
     k_input = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
     graph.graph.input.append(k_input)
-    graph.graph.node.append(helper.make_node("TopK", ["all_scores", "k"], ["scores", "ids"], axis=1,
-                                             largest=1, sorted=1))
-    graph.graph.output.extend([
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"]),
-        helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "k"]),
-    ])
+    graph.graph.node.append(
+        helper.make_node("TopK", ["all_scores", "k"], ["scores", "ids"], axis=1, largest=1, sorted=1)
+    )
+    graph.graph.output.extend(
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "k"]),
+        ]
+    )
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
 
@@ -101,8 +128,14 @@ def export_ranking_graph(model: CauseRecommender, path: Path) -> None:
 def export_history_graph(model: CauseRecommender, path: Path) -> None:
     g = model.cfg.bucket_size
     example = (torch.ones(3, g, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
-    torch.onnx.export(HistoryGraph(model).eval(), example, str(path), input_names=list(HISTORY_INPUTS),
-                      output_names=list(HISTORY_OUTPUTS),
-                      dynamic_axes={"bucket_items": {0: "n"}, "bucket_cats": {0: "n"}, "tokens": {0: "n"}},
-                      opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        HistoryGraph(model).eval(),
+        example,
+        str(path),
+        input_names=list(HISTORY_INPUTS),
+        output_names=list(HISTORY_OUTPUTS),
+        dynamic_axes={"bucket_items": {0: "n"}, "bucket_cats": {0: "n"}, "tokens": {0: "n"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
     onnx.checker.check_model(onnx.load(str(path)))

@@ -107,13 +107,20 @@ class UserState:
 
     def append(self, event: Event, categories_of: CategoriesOf) -> set[int]:
         """Add one event; return the categories whose bucket content changed."""
+        evicted = self.push_recent(event)
+        return set() if evicted is None else self.add_to_history(evicted, categories_of)
+
+    def push_recent(self, event: Event) -> Event | None:
+        """Put ``event`` in the recent window; return the event that leaves it for the history.
+
+        That is the oldest event of a full window: possibly ``event`` itself, when it is older
+        than the whole window (it then goes straight to the history).
+        """
         bisect.insort(self.recent, event, key=lambda e: e.key)
-        if len(self.recent) <= self.recent_len:
-            return set()
-        evicted = self.recent.pop(0)  # the oldest event: possibly `event` itself
-        return self.add_to_history(evicted, categories_of)
+        return self.recent.pop(0) if len(self.recent) > self.recent_len else None
 
     def add_to_history(self, event: Event, categories_of: CategoriesOf) -> set[int]:
+        """Put a history event into its buckets; return the categories whose content changed."""
         touched = set()
         for cat in bucket_categories(event.item, categories_of):
             bucket = self.buckets.setdefault(cat, [])

@@ -19,7 +19,18 @@ OPSET = 17
 SUPPORTED_OPSETS = range(17, 22)
 
 # Graph input/output names: the engine binds by name.
-RANK_INPUTS = ("user_hash", "hist_tokens", "hist_mask", "hist_ts", "items", "actions", "ts", "mask", "exclude", "k")
+RANK_INPUTS = (
+    "user_hash",
+    "hist_tokens",
+    "hist_mask",
+    "hist_ts",
+    "items",
+    "actions",
+    "ts",
+    "mask",
+    "exclude",
+    "k",
+)
 RANK_OUTPUTS = ("scores", "ids")
 HISTORY_INPUTS = ("bucket_items", "bucket_cats")
 HISTORY_OUTPUTS = ("tokens",)

@@ -65,13 +65,22 @@ class CauseRecommender(nn.Module):
 
     def scoring_table(self) -> torch.Tensor:
         """(num_items + 1, D) unit-norm item vectors that states are scored against."""
-        return F.normalize(self.item_tokens(torch.arange(self.cfg.num_items + 1, device=self.item_cats.device)),
-                           dim=-1)
+        return F.normalize(
+            self.item_tokens(torch.arange(self.cfg.num_items + 1, device=self.item_cats.device)), dim=-1
+        )
 
     # ---- backbone -------------------------------------------------------------------------------
-    def encode(self, user_hash: torch.Tensor, hist_tokens: torch.Tensor | None, hist_mask: torch.Tensor | None,
-               hist_ts: torch.Tensor | None, items: torch.Tensor, actions: torch.Tensor, ts: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        user_hash: torch.Tensor,
+        hist_tokens: torch.Tensor | None,
+        hist_mask: torch.Tensor | None,
+        hist_ts: torch.Tensor | None,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        ts: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone over the whole layout: (B, T, D) states and (B, T) validity, T = cfg.seq_len.
 
         user_hash (B,); hist_* (B, V, D) / (B, V) or None when the mode has no history;
@@ -84,7 +93,9 @@ class CauseRecommender(nn.Module):
         valid = [torch.ones(b, 1, dtype=torch.bool, device=dev)]
         stamps = [now]
         if self.cfg.mode == "cause":
-            assert hist_tokens is not None and hist_mask is not None and hist_ts is not None
+            assert hist_tokens is not None
+            assert hist_mask is not None
+            assert hist_ts is not None
             parts.append(hist_tokens + self.type_emb.weight[HISTORY])
             valid.append(hist_mask)
             stamps.append(hist_ts)
@@ -126,7 +137,7 @@ class CauseRecommender(nn.Module):
     def losses(self, batch: dict[str, torch.Tensor], num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-item InfoNCE, action cross-entropy), each averaged over its valid positions."""
         out, _ = self.encode(**model_inputs(self, batch))
-        recent = out[:, self.recent_offset:]
+        recent = out[:, self.recent_offset :]
         at_items, at_actions = recent[:, 0::2], recent[:, 1::2]  # (B, L, D) each
 
         target = batch["target_next"]
@@ -137,8 +148,10 @@ class CauseRecommender(nn.Module):
         pos = F.normalize(self.item_tokens(pos_ids), dim=-1)
         neg = F.normalize(self.item_tokens(negatives), dim=-1)
         logits = torch.cat([(h * pos).sum(-1, keepdim=True), h @ neg.T], dim=1) / self.cfg.temperature
-        accidental = torch.cat([torch.zeros_like(pos_ids[:, None], dtype=torch.bool),
-                                negatives[None, :] == pos_ids[:, None]], dim=1)
+        accidental = torch.cat(
+            [torch.zeros_like(pos_ids[:, None], dtype=torch.bool), negatives[None, :] == pos_ids[:, None]],
+            dim=1,
+        )
         logits = logits.masked_fill(accidental, float("-inf"))
         item_loss = F.cross_entropy(logits, torch.zeros_like(pos_ids))
 
@@ -153,6 +166,13 @@ def model_inputs(model: CauseRecommender, batch: dict[str, torch.Tensor]) -> dic
     if model.cfg.mode == "cause":
         hist_tokens = model.history_tokens(batch["bucket_items"], batch["bucket_cats"])
         hist_mask, hist_ts = batch["bucket_mask"], batch["bucket_ts"]
-    return {"user_hash": batch["user_hash"], "hist_tokens": hist_tokens, "hist_mask": hist_mask,
-            "hist_ts": hist_ts, "items": batch["items"], "actions": batch["actions"], "ts": batch["ts"],
-            "mask": batch["mask"]}
+    return {
+        "user_hash": batch["user_hash"],
+        "hist_tokens": hist_tokens,
+        "hist_mask": hist_mask,
+        "hist_ts": hist_ts,
+        "items": batch["items"],
+        "actions": batch["actions"],
+        "ts": batch["ts"],
+        "mask": batch["mask"],
+    }

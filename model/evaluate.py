@@ -29,8 +29,14 @@ def eval_batch_size(seq_len: int, heads: int, budget_bytes: float = 1.5e9) -> in
 
 
 @torch.no_grad()
-def evaluate(model: CauseRecommender, builder: SampleBuilder, split: Split, batch_size: int | None = None,
-             max_users: int | None = None, device: str = "cpu") -> dict[str, float | int | str]:
+def evaluate(
+    model: CauseRecommender,
+    builder: SampleBuilder,
+    split: Split,
+    batch_size: int | None = None,
+    max_users: int | None = None,
+    device: str = "cpu",
+) -> dict[str, float | int | str]:
     model.eval()
     cfg = model.cfg
     batch_size = batch_size or eval_batch_size(cfg.seq_len, cfg.num_heads)
@@ -41,7 +47,7 @@ def evaluate(model: CauseRecommender, builder: SampleBuilder, split: Split, batc
     ranks = []
     forward_s, forward_users = 0.0, 0
     for lo in range(0, len(rows), batch_size):
-        r, e = rows[lo:lo + batch_size], ends[lo:lo + batch_size]
+        r, e = rows[lo : lo + batch_size], ends[lo : lo + batch_size]
         batch = to_tensors(builder.batch(r, e, with_targets=False), device)
         started = time.perf_counter()
         scores = model.score_all(**model_inputs(model, batch))
@@ -50,12 +56,13 @@ def evaluate(model: CauseRecommender, builder: SampleBuilder, split: Split, batc
         if mask_seen:
             for i, (row, end) in enumerate(zip(r, e, strict=True)):
                 scores[i, torch.from_numpy(builder.seen_items(int(row), int(end)))] = float("-inf")
-        target = torch.from_numpy(targets[lo:lo + batch_size]).to(device)
+        target = torch.from_numpy(targets[lo : lo + batch_size]).to(device)
         t_score = scores.gather(1, target[:, None])
         ranks.append(((scores > t_score).sum(1) + 1).cpu().numpy())
     rank = np.concatenate(ranks).astype(np.float64)
-    out: dict[str, float | int | str] = {f"ndcg@{k}": float(np.mean(np.where(rank <= k, 1 / np.log2(rank + 1), 0)))
-                                         for k in KS}
+    out: dict[str, float | int | str] = {
+        f"ndcg@{k}": float(np.mean(np.where(rank <= k, 1 / np.log2(rank + 1), 0))) for k in KS
+    }
     out["mrr"] = float(np.mean(1 / rank))
     out["hr@10"] = float(np.mean(rank <= 10))
     out["users"] = len(rank)

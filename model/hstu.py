@@ -56,8 +56,14 @@ class HSTULayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.rab = RelativeBias(cfg)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, n_valid: torch.Tensor,
-                positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        n_valid: torch.Tensor,
+        positions: torch.Tensor,
+        ts: torch.Tensor,
+    ) -> torch.Tensor:
         """x (B, T, D); attn_mask (B, 1, T, T) float 0/1 (causal and valid); n_valid (B,)."""
         b, t, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)  # each (B, T, D)
@@ -78,15 +84,24 @@ class SoftmaxLayer(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
+        )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, n_valid: torch.Tensor,
-                positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        n_valid: torch.Tensor,
+        positions: torch.Tensor,
+        ts: torch.Tensor,
+    ) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
-                   for z in self.qkv(self.norm1(x)).chunk(3, dim=-1))
+        q, k, v = (
+            z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for z in self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        )
         scores = (q @ k.transpose(-1, -2)) / (d // self.heads) ** 0.5
         scores = scores.masked_fill(attn_mask == 0, -1e9)
         attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)

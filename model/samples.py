@@ -55,8 +55,13 @@ class SampleBuilder:
 
     def __post_init__(self) -> None:
         self._events = [self.dataset.user_events(r) for r in range(self.dataset.num_users)]
-        self._hash = np.array([user_hash_bucket(self.dataset.users.external(r + 1), self.cfg.user_hash_buckets)
-                               for r in range(self.dataset.num_users)], np.int64)
+        self._hash = np.array(
+            [
+                user_hash_bucket(self.dataset.users.external(r + 1), self.cfg.user_hash_buckets)
+                for r in range(self.dataset.num_users)
+            ],
+            np.int64,
+        )
 
     def events_before(self, row: int, end: int) -> list[Event]:
         return self._events[row][: end - int(self.dataset.user_offsets[row])]
@@ -67,12 +72,14 @@ class SampleBuilder:
         out = pad_recent(recent, self.cfg.recent_len)
         out["user_hash"] = self._hash[row]
         if self.cfg.mode == "cause":
-            buckets = bucketize(history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size)
+            buckets = bucketize(
+                history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size
+            )
             out.update(pad_buckets(buckets, self.cfg.num_buckets, self.cfg.bucket_size))
         if with_targets:
             nxt = [e.item for e in recent[1:]] + [int(self.dataset.item[end])]
             target = np.zeros(self.cfg.recent_len, np.int64)
-            target[-len(nxt):] = nxt
+            target[-len(nxt) :] = nxt
             out["target_next"] = target
         return out
 

@@ -61,8 +61,13 @@ def item_category_table(dataset: Dataset) -> torch.Tensor:
 
 def build_model(dataset: Dataset, **overrides: Any) -> CauseRecommender:
     table = item_category_table(dataset)
-    cfg = ModelConfig(num_items=dataset.num_items, num_actions=len(dataset.actions),
-                      num_categories=len(dataset.categories), max_item_categories=table.shape[1], **overrides)
+    cfg = ModelConfig(
+        num_items=dataset.num_items,
+        num_actions=len(dataset.actions),
+        num_categories=len(dataset.categories),
+        max_item_categories=table.shape[1],
+        **overrides,
+    )
     return CauseRecommender(cfg, table)
 
 
@@ -96,8 +101,9 @@ def save_catalog(dataset: Dataset, run_dir: Path) -> None:
     (run_dir / "catalog.json").write_text(json.dumps(catalog))
 
 
-def train(dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir: Path,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     seed_everything(cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(dataset, **model_cfg).to(cfg.device)
@@ -110,8 +116,11 @@ def train(dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir
     best: dict[str, Any] = {"ndcg@10": -1.0}
     stale = 0
     save_catalog(dataset, run_dir)
-    (run_dir / "run.json").write_text(json.dumps({"train": asdict(cfg), "model": model.cfg.to_dict(),
-                                                  "dataset": dataset.describe()}, indent=2))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {"train": asdict(cfg), "model": model.cfg.to_dict(), "dataset": dataset.describe()}, indent=2
+        )
+    )
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         rows, ends = epoch_samples(dataset, cfg.samples_per_user, rng)
@@ -120,7 +129,9 @@ def train(dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir
         steps = range(0, len(rows), batch_size)
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for lo in bar:
-            batch = to_tensors(builder.batch(rows[lo:lo + batch_size], ends[lo:lo + batch_size], True), cfg.device)
+            batch = to_tensors(
+                builder.batch(rows[lo : lo + batch_size], ends[lo : lo + batch_size], True), cfg.device
+            )
             item_loss, action_loss = model.losses(batch, cfg.num_negatives)
             loss = cfg.item_loss_weight * item_loss + cfg.action_loss_weight * action_loss
             optimizer.zero_grad(set_to_none=True)
@@ -131,15 +142,24 @@ def train(dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir
             bar.set_postfix(item=f"{item_loss.item():.3f}", action=f"{action_loss.item():.3f}")
         epoch_s = time.perf_counter() - started
         metrics = evaluate(model, builder, valid, max_users=cfg.max_eval_users, device=cfg.device)
-        record = {"epoch": epoch, "item_loss": totals[0] / len(steps), "action_loss": totals[1] / len(steps),
-                  "train_s": epoch_s, "valid": metrics}
+        record = {
+            "epoch": epoch,
+            "item_loss": totals[0] / len(steps),
+            "action_loss": totals[1] / len(steps),
+            "train_s": epoch_s,
+            "valid": metrics,
+        }
         history.append(record)
         if progress:
-            tqdm.write(f"epoch {epoch}: item loss {record['item_loss']:.4f} action loss "
-                       f"{record['action_loss']:.4f} valid ndcg@10 {metrics['ndcg@10']:.4f} ({epoch_s:.1f}s)")
+            tqdm.write(
+                f"epoch {epoch}: item loss {record['item_loss']:.4f} action loss "
+                f"{record['action_loss']:.4f} valid ndcg@10 {metrics['ndcg@10']:.4f} ({epoch_s:.1f}s)"
+            )
         if float(metrics["ndcg@10"]) > best["ndcg@10"]:
             best, stale = {**metrics, "epoch": epoch}, 0
-            torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt")
+            torch.save(
+                {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt"
+            )
         else:
             stale += 1
             if stale >= cfg.patience:

@@ -75,14 +75,20 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     except ValidationError as exc:
-        raise BundleError(f"{manifest_path}: invalid manifest: {exc.errors()[0]['msg']} "
-                          f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+        raise BundleError(
+            f"{manifest_path}: invalid manifest: {exc.errors()[0]['msg']} "
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}"
+        ) from None
     if manifest.format_version != FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.format_version}, this service reads "
-                          f"format {FORMAT_VERSION}")
+        raise BundleError(
+            f"{manifest_path}: bundle format {manifest.format_version}, this service reads "
+            f"format {FORMAT_VERSION}"
+        )
     if manifest.opset not in SUPPORTED_OPSETS:
-        raise BundleError(f"{manifest_path}: opset {manifest.opset} not supported "
-                          f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
+        raise BundleError(
+            f"{manifest_path}: opset {manifest.opset} not supported "
+            f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})"
+        )
     required = [RANKING_GRAPH, CATALOG] + ([HISTORY_GRAPH] if manifest.num_buckets > 0 else [])
     for name in required:
         if name not in manifest.files:
@@ -98,6 +104,8 @@ def load_bundle(path: str | Path) -> Bundle:
     except (ValidationError, json.JSONDecodeError) as exc:
         raise BundleError(f"{root / CATALOG}: invalid catalog: {exc}") from None
     if len(catalog.items) != manifest.num_items or len(catalog.actions) != manifest.num_actions:
-        raise BundleError(f"{root / CATALOG}: {len(catalog.items)} items / {len(catalog.actions)} actions, "
-                          f"manifest says {manifest.num_items} / {manifest.num_actions}")
+        raise BundleError(
+            f"{root / CATALOG}: {len(catalog.items)} items / {len(catalog.actions)} actions, "
+            f"manifest says {manifest.num_items} / {manifest.num_actions}"
+        )
     return Bundle(root, manifest, catalog)

@@ -66,23 +66,31 @@ class Engine:
         self.bundle = bundle
         m = bundle.manifest
         self.ranker = make_session(str(bundle.path / RANKING_GRAPH), device, intra_op_threads)
-        self.history = (make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
-                        if bundle.has_history else None)
+        self.history = (
+            make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
+            if bundle.has_history
+            else None
+        )
         self.device = "cuda" if CUDA in self.ranker.get_providers() else "cpu"
         self.input_names = {i.name for i in self.ranker.get_inputs()}
         self.length_buckets = m.length_buckets
         self.num_buckets, self.d_model = m.num_buckets, m.d_model
-        log.info("bundle %s loaded on %s (providers %s)", bundle.version, self.device, self.ranker.get_providers())
+        log.info(
+            "bundle %s loaded on %s (providers %s)", bundle.version, self.device, self.ranker.get_providers()
+        )
 
     # ---- history tokens (used by the store) ------------------------------------------------------
     def bucket_tokens(self, bucket_items: np.ndarray, bucket_cats: np.ndarray) -> np.ndarray:
         """(n, G) int64 items (0 = empty) and (n,) int64 categories -> (n, D) float32 tokens."""
         if self.history is None:
-            raise BundleError(f"bundle {self.bundle.version} ({self.bundle.manifest.mode}) has no history graph")
+            raise BundleError(
+                f"bundle {self.bundle.version} ({self.bundle.manifest.mode}) has no history graph"
+            )
         if len(bucket_cats) == 0:
             return np.zeros((0, self.d_model), np.float32)
-        out = self.history.run(None, {"bucket_items": bucket_items.astype(np.int64),
-                                      "bucket_cats": bucket_cats.astype(np.int64)})
+        out = self.history.run(
+            None, {"bucket_items": bucket_items.astype(np.int64), "bucket_cats": bucket_cats.astype(np.int64)}
+        )
         return np.asarray(out[0], np.float32)
 
     # ---- ranking ---------------------------------------------------------------------------------
@@ -134,7 +142,11 @@ class Engine:
     def warmup(self) -> None:
         """Run every padded length once so the first real request pays no allocation cost."""
         for length in self.length_buckets:
-            user = UserFeatures(0, np.ones(length, np.int64), np.ones(length, np.int64), np.zeros(length, np.int64))
+            user = UserFeatures(
+                0, np.ones(length, np.int64), np.ones(length, np.int64), np.zeros(length, np.int64)
+            )
             self.rank([user], 10)
         if self.history is not None:
-            self.bucket_tokens(np.ones((1, self.bundle.manifest.bucket_size), np.int64), np.zeros(1, np.int64))
+            self.bucket_tokens(
+                np.ones((1, self.bundle.manifest.bucket_size), np.int64), np.zeros(1, np.int64)
+            )

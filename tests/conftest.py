@@ -8,8 +8,15 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = {"num_users": 200, "num_items": 300, "num_categories": 8, "events_per_user": 60, "seed": 7}
-TINY_MODEL = {"mode": "cause", "recent_len": 8, "num_buckets": 4, "bucket_size": 8, "d_model": 32,
-              "num_layers": 2, "num_heads": 4}
+TINY_MODEL = {
+    "mode": "cause",
+    "recent_len": 8,
+    "num_buckets": 4,
+    "bucket_size": 8,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+}
 
 
 @pytest.fixture(scope="session")
@@ -23,8 +30,9 @@ def _train(tmp: Path, dataset, **overrides):  # type: ignore[no-untyped-def]
     from model.train import TrainConfig, train
 
     run = tmp / "run"
-    cfg = TrainConfig(epochs=2, patience=2, samples_per_user=2,
-                      data={"dataset": "synthetic", "options": TINY})
+    cfg = TrainConfig(
+        epochs=2, patience=2, samples_per_user=2, data={"dataset": "synthetic", "options": TINY}
+    )
     train(dataset, {**TINY_MODEL, **overrides}, cfg, run, progress=False)
     return run
 

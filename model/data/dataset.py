@@ -163,12 +163,24 @@ def build_dataset(
     for idx in range(1, len(items) + 1):
         names = item_categories.get(items.external(idx), ())
         item_cats.append(tuple(sorted({c for n in names if (c := categories.internal(n)) is not None})))
-    return Dataset(name, users, items, actions, categories, item_cats,
-                   u[order], i[order], a[order], t[order], extras or {})
+    return Dataset(
+        name,
+        users,
+        items,
+        actions,
+        categories,
+        item_cats,
+        u[order],
+        i[order],
+        a[order],
+        t[order],
+        extras or {},
+    )
 
 
-def read_rows(path: Path, sep: str, fields: int, encoding: str = "utf-8", header: bool = False
-              ) -> Iterator[tuple[int, list[str]]]:
+def read_rows(
+    path: Path, sep: str, fields: int, encoding: str = "utf-8", header: bool = False
+) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) of a delimited text file; malformed lines raise DatasetError."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
@@ -181,8 +193,9 @@ def read_rows(path: Path, sep: str, fields: int, encoding: str = "utf-8", header
                 continue
             parts = line.split(sep) if fields <= 0 else line.split(sep, fields - 1)
             if fields > 0 and len(parts) != fields:
-                raise DatasetError(f"{path}:{lineno}: expected {fields} fields separated by {sep!r}, "
-                                   f"got {len(parts)}")
+                raise DatasetError(
+                    f"{path}:{lineno}: expected {fields} fields separated by {sep!r}, got {len(parts)}"
+                )
             yield lineno, parts
 
 

@@ -29,8 +29,9 @@ def _records(path: Path, columns: list[str]) -> list[tuple[int, list[str]]]:
             if not record:
                 continue
             if len(record) != len(columns):
-                raise DatasetError(f"{path}:{reader.line_num}: expected {len(columns)} fields, "
-                                   f"got {len(record)}")
+                raise DatasetError(
+                    f"{path}:{reader.line_num}: expected {len(columns)} fields, got {len(record)}"
+                )
             out.append((reader.line_num, record))
         return out
 

@@ -35,8 +35,9 @@ def load_ml_100k(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -
     for lineno, parts in read_rows(items_path, "|", 0, encoding="latin-1"):
         flags = parts[5:]
         if len(flags) != len(genre_names):
-            raise DatasetError(f"{items_path}:{lineno}: expected {len(genre_names)} genre flags, "
-                               f"got {len(flags)}")
+            raise DatasetError(
+                f"{items_path}:{lineno}: expected {len(genre_names)} genre flags, got {len(flags)}"
+            )
         # 'unknown' (index 0) is not a genre: such items go to the UNCATEGORIZED bucket.
         genres[parts[0]] = [genre_names[g] for g, f in enumerate(flags) if f == "1" and g != 0]
     return build_dataset("ml-100k", rows, genres, min_events)
@@ -63,8 +64,9 @@ def _csv_records(path: Path, fields: int) -> list[tuple[int, list[str]]]:
             if not record:
                 continue
             if len(record) != fields:
-                raise DatasetError(f"{path}:{reader.line_num}: expected {fields} comma-separated "
-                                   f"fields, got {len(record)}")
+                raise DatasetError(
+                    f"{path}:{reader.line_num}: expected {fields} comma-separated fields, got {len(record)}"
+                )
             out.append((reader.line_num, record))
     return out
 

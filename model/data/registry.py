@@ -25,17 +25,21 @@ ADAPTERS = {
         Adapter("ml-100k", "u.data, u.item, u.genre (genres as categories)", load_ml_100k),
         Adapter("ml-1m", "ratings.dat, movies.dat ('::'-separated)", load_ml_1m),
         Adapter("ml-20m", "ratings.csv, movies.csv (also ml-latest, ml-latest-small)", load_ml_20m),
-        Adapter("csv", "events.csv (user_id,item_id,action,timestamp), items.csv (item_id,categories)",
-                load_csv),
-        Adapter("synthetic", "none: generated from a seed", lambda _dir, **kw: generate(SyntheticConfig(**kw))),
+        Adapter(
+            "csv", "events.csv (user_id,item_id,action,timestamp), items.csv (item_id,categories)", load_csv
+        ),
+        Adapter(
+            "synthetic", "none: generated from a seed", lambda _dir, **kw: generate(SyntheticConfig(**kw))
+        ),
     ]
 }
 
 SYNTHETIC_OPTIONS = {f.name for f in fields(SyntheticConfig)}
 
 
-def load_dataset(name: str, data_dir: Path | None = None, categories_csv: Path | None = None,
-                 **options: object) -> Dataset:
+def load_dataset(
+    name: str, data_dir: Path | None = None, categories_csv: Path | None = None, **options: object
+) -> Dataset:
     """Load dataset ``name``; ``categories_csv`` (items.csv format) replaces its categories."""
     if name not in ADAPTERS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(ADAPTERS)}")
@@ -54,7 +58,12 @@ def load_dataset(name: str, data_dir: Path | None = None, categories_csv: Path |
 def with_categories(dataset: Dataset, categories: dict[str, list[str]]) -> Dataset:
     """The same events with item categories replaced (e.g. by K-Means clusters)."""
     rows = [
-        (dataset.users.external(int(u)), dataset.items.external(int(i)), dataset.actions.external(int(a)), int(t))
+        (
+            dataset.users.external(int(u)),
+            dataset.items.external(int(i)),
+            dataset.actions.external(int(a)),
+            int(t),
+        )
         for u, i, a, t in zip(dataset.user, dataset.item, dataset.action, dataset.ts, strict=True)
     ]
     return build_dataset(dataset.name, rows, categories, min_events=1, extras=dataset.extras)

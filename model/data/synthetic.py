@@ -34,8 +34,11 @@ class SyntheticConfig:
 def generate(cfg: SyntheticConfig) -> Dataset:
     rng = np.random.default_rng(cfg.seed)
     primary = rng.integers(0, cfg.num_categories, cfg.num_items)
-    second = np.where(rng.random(cfg.num_items) < cfg.p_second_category,
-                      rng.integers(0, cfg.num_categories, cfg.num_items), -1)
+    second = np.where(
+        rng.random(cfg.num_items) < cfg.p_second_category,
+        rng.integers(0, cfg.num_categories, cfg.num_items),
+        -1,
+    )
     members = [np.flatnonzero(primary == c) for c in range(cfg.num_categories)]
     weights = []
     for m in members:
@@ -53,7 +56,9 @@ def generate(cfg: SyntheticConfig) -> Dataset:
         from_fav = rng.random(n) < cfg.p_long_term
         cats = np.where(from_fav, favs[rng.integers(0, cfg.long_term, n)], drift)
         like = rng.random(n) < np.where(from_fav, 0.8, 0.15)
-        ts = 1_600_000_000 + rng.integers(0, 10**7) + np.cumsum(rng.exponential(600.0, n).astype(np.int64) + 1)
+        ts = (
+            1_600_000_000 + rng.integers(0, 10**7) + np.cumsum(rng.exponential(600.0, n).astype(np.int64) + 1)
+        )
         for j in range(n):
             c = cats[j]
             if len(members[c]) == 0:
@@ -61,7 +66,8 @@ def generate(cfg: SyntheticConfig) -> Dataset:
             pick = members[c][min(int(np.searchsorted(weights[c], rng.random())), len(members[c]) - 1)]
             rows.append((f"u{u}", f"i{pick}", "like" if like[j] else "view", int(ts[j])))
     categories = {
-        f"i{i}": [f"c{primary[i]}"] + ([f"c{second[i]}"] if second[i] >= 0 and second[i] != primary[i] else [])
+        f"i{i}": [f"c{primary[i]}"]
+        + ([f"c{second[i]}"] if second[i] >= 0 and second[i] != primary[i] else [])
         for i in range(cfg.num_items)
     }
     return build_dataset("synthetic", rows, categories, min_events=5, extras={"favourites": favourites})

@@ -19,11 +19,20 @@ from service.bundle import load_bundle
 from service.engine import Engine, UserFeatures
 
 
-def _features(batch: dict[str, np.ndarray], i: int, hist: np.ndarray | None, seen: np.ndarray) -> UserFeatures:
+def _features(
+    batch: dict[str, np.ndarray], i: int, hist: np.ndarray | None, seen: np.ndarray
+) -> UserFeatures:
     m = batch["mask"][i]
     return UserFeatures(
-        int(batch["user_hash"][i]), batch["items"][i][m], batch["actions"][i][m], batch["ts"][i][m],
-        hist_tokens=hist, hist_mask=batch["bucket_mask"][i], hist_ts=batch["bucket_ts"][i], seen=seen)
+        int(batch["user_hash"][i]),
+        batch["items"][i][m],
+        batch["actions"][i][m],
+        batch["ts"][i][m],
+        hist_tokens=hist,
+        hist_mask=batch["bucket_mask"][i],
+        hist_ts=batch["bucket_ts"][i],
+        seen=seen,
+    )
 
 
 def test_onnx_scores_and_topk_match_torch(tiny_run, tiny_bundle, tiny_dataset):  # type: ignore[no-untyped-def]
@@ -36,9 +45,16 @@ def test_onnx_scores_and_topk_match_torch(tiny_run, tiny_bundle, tiny_dataset): 
     tensors = to_tensors(batch, "cpu")
     with torch.no_grad():
         hist = model.history_tokens(tensors["bucket_items"], tensors["bucket_cats"])
-        scores = model.score_all(user_hash=tensors["user_hash"], hist_tokens=hist, hist_mask=tensors["bucket_mask"],
-                                 hist_ts=tensors["bucket_ts"], items=tensors["items"], actions=tensors["actions"],
-                                 ts=tensors["ts"], mask=tensors["mask"]).numpy()
+        scores = model.score_all(
+            user_hash=tensors["user_hash"],
+            hist_tokens=hist,
+            hist_mask=tensors["bucket_mask"],
+            hist_ts=tensors["bucket_ts"],
+            items=tensors["items"],
+            actions=tensors["actions"],
+            ts=tensors["ts"],
+            mask=tensors["mask"],
+        ).numpy()
     k = 20
     users = []
     for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
@@ -53,8 +69,10 @@ def test_onnx_scores_and_topk_match_torch(tiny_run, tiny_bundle, tiny_dataset): 
         worst = max(worst, float(np.abs(r.scores - expected).max()))
         np.testing.assert_allclose(scores[i, r.items], r.scores, atol=1e-4)
         # Same ids up to exact ties: every returned id scores at least the k-th best torch score.
-        assert set(r.items) == set(np.argsort(-scores[i], kind="stable")[:k]) or \
-            scores[i, r.items].min() >= expected[-1] - 1e-4
+        assert (
+            set(r.items) == set(np.argsort(-scores[i], kind="stable")[:k])
+            or scores[i, r.items].min() >= expected[-1] - 1e-4
+        )
         assert not set(r.items) & set(users[i].seen.tolist())
     assert worst <= 1e-4
 
@@ -75,8 +93,11 @@ def test_store_path_history_tokens_match_torch(tiny_run, tiny_bundle, tiny_datas
             items[j, : len(b.items)] = b.items
         cats = np.array([b.category for b in buckets], np.int64)
         got = engine.bucket_tokens(items, cats)
-        batch = builder.batch(np.array([row]), np.array([tiny_dataset.user_offsets[row + 1]]), with_targets=False)
+        batch = builder.batch(
+            np.array([row]), np.array([tiny_dataset.user_offsets[row + 1]]), with_targets=False
+        )
         with torch.no_grad():
-            expected = model.history_tokens(torch.from_numpy(batch["bucket_items"]),
-                                            torch.from_numpy(batch["bucket_cats"]))[0].numpy()
+            expected = model.history_tokens(
+                torch.from_numpy(batch["bucket_items"]), torch.from_numpy(batch["bucket_cats"])
+            )[0].numpy()
         np.testing.assert_allclose(got, expected[: len(buckets)], atol=1e-5)

@@ -1,0 +1,385 @@
+"""Redis user-state store: recent window + raw buckets (the truth) + precompressed history tokens.
+
+A request never re-reads the long-term history: ``read`` fetches the recent window and the tokens
+(2 keys per user, one pipeline for the whole batch). ``append`` runs the shared bucketing rule
+incrementally and recomputes only the buckets an event lands in.
+
+Consistency: appends are optimistic transactions (WATCH the users' recent keys, read, compute,
+MULTI/EXEC; retry on conflict), so concurrent writers on one user never lose an event. The raw
+state is the truth; tokens are derived and stamped with (model version, history seq). A reader
+that sees tokens with another stamp (another model, or a torn read between two keys) rebuilds
+them from the raw buckets instead of serving them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+from model.bucketing import Bucket, CategoriesOf, Event, UserState, bucket_categories
+from service.errors import StoreConflict, StoreUnavailable
+from service.store_codec import (
+    SCHEMA,
+    Recent,
+    Tokens,
+    UserKeys,
+    decode_bucket,
+    decode_recent,
+    decode_tokens,
+    encode_bucket,
+    encode_recent,
+    encode_tokens,
+    keys_from_recent,
+    user_keys,
+)
+
+TokenFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the store needs from the active bundle."""
+
+    version: str
+    recent_len: int  # L
+    num_buckets: int  # V (0: the model uses no history tokens)
+    bucket_size: int  # G
+    d_model: int
+    categories_of: CategoriesOf
+    bucket_tokens: TokenFn  # (n, G) items, (n,) categories -> (n, D): the exported history graph
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    user_id: str
+    item: int  # internal id
+    action: int  # internal id
+    ts: int
+    event_id: str | None = None
+
+
+@dataclass
+class AppendResult:
+    accepted: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class Snapshot:
+    """One user's state as the engine needs it; ``tokens`` is None when the user has no history."""
+
+    user_id: str
+    recent: Recent | None
+    tokens: Tokens | None
+
+
+@dataclass
+class _Pending:
+    """One user's state during an append transaction."""
+
+    keys: UserKeys
+    events: list[NewEvent]
+    recent: Recent
+    old_tokens: Tokens | None
+    dedup_scores: list[float | None]
+    state: UserState = field(init=False)
+    new_recent: Recent | None = None
+    new_tokens: Tokens | None = None
+    evicted: list[Event] = field(default_factory=list)
+    accepted: list[NewEvent] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def _buckets_to_arrays(buckets: list[Bucket], g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    items = np.zeros((len(buckets), g), np.int32)
+    for j, b in enumerate(buckets):
+        items[j, : len(b.items)] = b.items
+    cats = np.array([b.category for b in buckets], np.int32)
+    newest = np.array([b.newest for b in buckets], np.int64).reshape(len(buckets), 2)
+    return cats, newest, items
+
+
+def _rank(cat: int, newest: tuple[int, int]) -> tuple[int, int, int]:
+    # The same order as model.bucketing: newest key descending, then category ascending.
+    return (-newest[0], -newest[1], cat)
+
+
+class Store:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str = "causerec",
+        dedup_retention_s: int = 86_400,
+        max_retries: int = 200,
+        per_user_transactions: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.dedup_retention_s = dedup_retention_s
+        self.max_retries = max_retries
+        # Redis Cluster cannot WATCH keys of several slots in one transaction.
+        self.per_user_transactions = per_user_transactions
+
+    def keys(self, user_id: str) -> UserKeys:
+        return user_keys(self.prefix, user_id)
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+
+    # ---- read -----------------------------------------------------------------------------------
+    async def read(self, model: ModelView, user_ids: list[str], now: float) -> list[Snapshot]:
+        """Recent window + history tokens for a batch of users: one round trip when tokens are fresh.
+
+        Tokens stamped with another model version or history seq (a new model, or a write that
+        landed between the two GETs) are never served: they are rebuilt from the raw buckets.
+        """
+        keys = [self.keys(u) for u in user_ids]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k.recent)
+                pipe.get(k.tokens)
+            replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+        snaps, stale = [], {}
+        for i, (user, k) in enumerate(zip(user_ids, keys, strict=True)):
+            blob, tok_blob = replies[2 * i], replies[2 * i + 1]
+            recent = decode_recent(blob) if blob else None
+            tokens = decode_tokens(tok_blob) if tok_blob else None
+            if model.num_buckets == 0 or recent is None or recent.history_seq == 0:
+                tokens = None  # no history to compress (yet)
+            elif tokens is None or (tokens.version, tokens.history_seq) != (
+                model.version,
+                recent.history_seq,
+            ):
+                stale[k] = i
+            snaps.append(Snapshot(user, recent, tokens))
+        if stale:
+            for p in await self._transact(model, {k: [] for k in stale}, now):
+                snaps[stale[p.keys]] = Snapshot(snaps[stale[p.keys]].user_id, p.new_recent, p.new_tokens)
+        return snaps
+
+    async def recompute_all(self, model: ModelView, now: float, batch: int = 256) -> int:
+        """Rebuild the tokens of every user whose tokens are not for ``model``; returns users scanned."""
+        pattern = f"{self.prefix}:v{SCHEMA}:*:recent"
+        scanned = 0
+        chunk: list[UserKeys] = []
+        try:
+            async for key in self.redis.scan_iter(match=pattern, count=1000):
+                chunk.append(keys_from_recent(key.decode() if isinstance(key, bytes) else key))
+                if len(chunk) == batch:
+                    await self._transact(model, dict.fromkeys(chunk, []), now)
+                    scanned, chunk = scanned + len(chunk), []
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+        if chunk:
+            await self._transact(model, dict.fromkeys(chunk, []), now)
+        return scanned + len(chunk)
+
+    # ---- append ---------------------------------------------------------------------------------
+    async def append(self, model: ModelView, events: Iterable[NewEvent], now: float) -> AppendResult:
+        """Apply events (in order) atomically per user; duplicates (by event_id) count once."""
+        by_user: dict[UserKeys, list[NewEvent]] = {}
+        for e in events:
+            by_user.setdefault(self.keys(e.user_id), []).append(e)
+        pending = await self._transact(model, by_user, now)
+        return AppendResult(sum(len(p.accepted) for p in pending), sum(p.duplicates for p in pending))
+
+    async def _transact(
+        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
+    ) -> list[_Pending]:
+        groups = [{k: v} for k, v in by_user.items()] if self.per_user_transactions else [by_user]
+        done = await asyncio.gather(*(self._transact_group(model, g, now) for g in groups if g))
+        return [p for group in done for p in group]
+
+    async def _transact_group(
+        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
+    ) -> list[_Pending]:
+        for attempt in range(self.max_retries):
+            try:
+                async with self.redis.pipeline(transaction=True) as tx:
+                    await tx.watch(*(k.recent for k in by_user))
+                    pending = await self._load(model, by_user)
+                    await self._apply(model, pending, now)
+                    tx.multi()
+                    self._queue_writes(tx, model, pending, now)
+                    await tx.execute()
+                    return pending
+            except WatchError:
+                # Another writer touched one of these users: re-read and recompute.
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+        raise StoreConflict(f"gave up after {self.max_retries} conflicting writes on the same users")
+
+    async def _load(self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]]) -> list[_Pending]:
+        reads = self.redis.pipeline(transaction=False)
+        for k, events in by_user.items():
+            reads.get(k.recent)
+            reads.get(k.tokens)
+            ids = [e.event_id for e in events if e.event_id is not None]
+            if ids:
+                reads.zmscore(k.dedup, ids)
+        replies = iter(await reads.execute())
+        pending = []
+        for k, events in by_user.items():
+            blob, tok_blob = next(replies), next(replies)
+            ids = [e.event_id for e in events if e.event_id is not None]
+            scores = list(next(replies)) if ids else []
+            recent = decode_recent(blob) if blob else Recent(0, 0, model.recent_len, model.bucket_size, [])
+            if (recent.recent_len, recent.bucket_size) != (model.recent_len, model.bucket_size):
+                raise StoreConflict(
+                    f"stored state has L={recent.recent_len}, G={recent.bucket_size}; "
+                    f"the model needs L={model.recent_len}, G={model.bucket_size}"
+                )
+            pending.append(_Pending(k, events, recent, decode_tokens(tok_blob) if tok_blob else None, scores))
+        return pending
+
+    async def _apply(self, model: ModelView, pending: list[_Pending], now: float) -> None:
+        """Run the bucketing rule: recent window first, then fetch only the buckets evictions touch."""
+        for p in pending:
+            p.state = UserState(model.recent_len, model.bucket_size, recent=list(p.recent.events))
+            seen_ids: dict[str, float | None] = {}
+            it = iter(p.dedup_scores)
+            for e in p.events:
+                if e.event_id is not None:
+                    score = next(it)
+                    if e.event_id in seen_ids or (score is not None and score > now):  # score = expiry
+                        p.duplicates += 1
+                        seen_ids[e.event_id] = score
+                        continue
+                    seen_ids[e.event_id] = score
+                event = Event(e.ts, p.recent.next_seq + len(p.accepted), e.item, e.action)
+                p.accepted.append(e)
+                evicted = p.state.push_recent(event)
+                if evicted is not None:
+                    p.evicted.append(evicted)
+        fetch = self.redis.pipeline(transaction=False)
+        plan = []
+        for p in pending:
+            if self._needs_rebuild(model, p):
+                fetch.hgetall(p.keys.buckets)
+                plan.append((p, None))
+            elif p.evicted:
+                cats = sorted({c for e in p.evicted for c in bucket_categories(e.item, model.categories_of)})
+                fetch.hmget(p.keys.buckets, [str(c) for c in cats])
+                plan.append((p, cats))
+        replies = await fetch.execute() if plan else []
+        for (p, cats), reply in zip(plan, replies, strict=True):
+            if cats is None:
+                p.state.buckets = {int(c): decode_bucket(b) for c, b in reply.items()}
+            else:
+                p.state.buckets = {c: decode_bucket(b) for c, b in zip(cats, reply, strict=True) if b}
+
+    def _needs_rebuild(self, model: ModelView, p: _Pending) -> bool:
+        """Whether the stored tokens cannot be updated incrementally for this model."""
+        if model.num_buckets == 0:
+            return False
+        t = p.old_tokens
+        has_history = p.recent.history_seq > 0
+        return has_history and (
+            t is None or t.version != model.version or t.history_seq != p.recent.history_seq
+        )
+
+    def _queue_writes(self, tx: Any, model: ModelView, pending: list[_Pending], now: float) -> None:
+        jobs: list[_TokenJob] = []
+        for p in pending:
+            rebuild = self._needs_rebuild(model, p)
+            touched: set[int] = set()
+            for e in p.evicted:
+                touched |= p.state.add_to_history(e, model.categories_of)
+            next_seq = p.recent.next_seq + len(p.accepted)
+            history_seq = next_seq if touched else p.recent.history_seq
+            p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
+            if p.accepted:
+                tx.set(p.keys.recent, encode_recent(p.new_recent))
+            if touched:
+                tx.hset(p.keys.buckets, mapping={str(c): encode_bucket(p.state.buckets[c]) for c in touched})
+            if model.num_buckets and (touched or rebuild):
+                old = None if rebuild else p.old_tokens
+                reuse = (
+                    {}
+                    if old is None
+                    else {
+                        int(c): old.tokens[j]
+                        for j, c in enumerate(old.categories.tolist())
+                        if int(c) not in touched
+                    }
+                )
+                jobs.append(
+                    _TokenJob(p.keys, history_seq, self._top_buckets(model, p.state, old, touched), reuse)
+                )
+            ids = {e.event_id: now + self.dedup_retention_s for e in p.accepted if e.event_id is not None}
+            if ids:
+                tx.zadd(p.keys.dedup, ids)
+                tx.zremrangebyscore(p.keys.dedup, "-inf", now)
+                tx.expire(p.keys.dedup, self.dedup_retention_s)
+        by_keys = {p.keys: p for p in pending}
+        for keys, tokens in compute_tokens(model, jobs):
+            by_keys[keys].new_tokens = tokens
+            tx.set(keys.tokens, encode_tokens(tokens))
+
+    @staticmethod
+    def _top_buckets(
+        model: ModelView, state: UserState, old: Tokens | None, touched: set[int]
+    ) -> list[Bucket]:
+        """The new top V. Incrementally: the old top V (touched ones refreshed) plus touched buckets.
+
+        No untouched bucket outside the old top V can enter it: buckets only ever gain recency, and
+        only touched ones gain. So this equals state.top(V) over all buckets (property-tested).
+        """
+        if old is None:
+            return state.top(model.num_buckets)
+        candidates: dict[int, Bucket] = {}
+        for j, cat in enumerate(old.categories.tolist()):
+            items = tuple(int(i) for i in old.items[j] if i)
+            candidates[cat] = Bucket(cat, items, ((int(old.newest[j, 0]), int(old.newest[j, 1])),))
+        for cat in touched:
+            entries = state.buckets[cat]
+            candidates[cat] = Bucket(
+                cat, tuple(i for _, i in reversed(entries)), tuple(key for key, _ in reversed(entries))
+            )
+        return sorted(candidates.values(), key=lambda b: _rank(b.category, b.newest))[: model.num_buckets]
+
+
+@dataclass
+class _TokenJob:
+    keys: UserKeys
+    history_seq: int
+    buckets: list[Bucket]  # the new top V
+    reuse: dict[int, np.ndarray]  # category -> token still valid (untouched, same model)
+
+
+def compute_tokens(model: ModelView, jobs: list[_TokenJob]) -> list[tuple[UserKeys, Tokens]]:
+    """Tokens for every job with one history-graph call for all buckets that need (re)computing."""
+    need = [(b.items, b.category) for job in jobs for b in job.buckets if b.category not in job.reuse]
+    computed = np.zeros((0, model.d_model), np.float32)
+    if need:
+        items = np.zeros((len(need), model.bucket_size), np.int64)
+        for row, (bucket_items, _) in enumerate(need):
+            items[row, : len(bucket_items)] = bucket_items
+        computed = model.bucket_tokens(items, np.array([c for _, c in need], np.int64))
+    out, cursor = [], 0
+    for job in jobs:
+        rows = []
+        for b in job.buckets:
+            if b.category in job.reuse:
+                rows.append(job.reuse[b.category])
+            else:
+                rows.append(computed[cursor])
+                cursor += 1
+        cats, newest, items = _buckets_to_arrays(job.buckets, model.bucket_size)
+        tokens = np.stack(rows).astype(np.float32) if rows else np.zeros((0, model.d_model), np.float32)
+        out.append((job.keys, Tokens(model.version, job.history_seq, cats, newest, items, tokens)))
+    return out

@@ -1,0 +1,209 @@
+"""The Redis store against a real redis-server: incremental == batch, tokens == torch, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model.bucketing import Event, bucketize, split_recent
+from model.train import load_model as load_torch_model
+from service.runtime import LoadedModel, load_model
+from service.store import NewEvent, Store
+from service.store_codec import decode_bucket, decode_recent, decode_tokens
+
+pytestmark = pytest.mark.integration
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_bundle) -> LoadedModel:  # type: ignore[no-untyped-def]
+    return load_model(tiny_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_run):  # type: ignore[no-untyped-def]
+    return load_torch_model(tiny_run)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def _with_store(url: str, prefix: str, fn, **kw):  # type: ignore[no-untyped-def]
+    client = aioredis.Redis.from_url(url, socket_timeout=10, max_connections=200)
+    try:
+        return await fn(Store(client, prefix=prefix, **kw))
+    finally:
+        await client.aclose()
+
+
+async def _raw_state(store: Store, user: str) -> tuple:  # type: ignore[type-arg]
+    k = store.keys(user)
+    recent = decode_recent(await store.redis.get(k.recent))
+    buckets = {int(c): decode_bucket(b) for c, b in (await store.redis.hgetall(k.buckets)).items()}
+    tok = await store.redis.get(k.tokens)
+    return recent, buckets, decode_tokens(tok) if tok else None
+
+
+def _expected_tokens(torch_model, buckets) -> np.ndarray:  # type: ignore[no-untyped-def]
+    g = torch_model.cfg.bucket_size
+    items = torch.zeros(1, max(len(buckets), 1), g, dtype=torch.int64)
+    for j, b in enumerate(buckets):
+        items[0, j, : len(b.items)] = torch.tensor(b.items)
+    cats = torch.tensor([[b.category for b in buckets] or [0]])
+    with torch.no_grad():
+        return torch_model.history_tokens(items, cats)[0, : len(buckets)].numpy()
+
+
+def _check_against_batch(loaded, torch_model, events: list[Event], recent, buckets, tokens) -> None:  # type: ignore[no-untyped-def]
+    v = loaded.view
+    history, window = split_recent(events, v.recent_len)
+    assert [(e.ts, e.item, e.action) for e in recent.events] == [(e.ts, e.item, e.action) for e in window]
+    every = bucketize(history, v.categories_of, num_buckets=10**6, bucket_size=v.bucket_size)
+    assert {b.category: list(b.items) for b in every} == {
+        c: [i for _, i in reversed(b)] for c, b in buckets.items()
+    }
+    top = every[: v.num_buckets]
+    if not top:
+        assert tokens is None
+        return
+    assert tokens.version == loaded.version
+    assert tokens.history_seq == recent.history_seq
+    assert tokens.categories.tolist() == [b.category for b in top]
+    np.testing.assert_allclose(tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
+
+
+event_streams = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(1, 300), st.integers(1, 2)),  # small ts range: many ties
+    min_size=0,
+    max_size=60,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=event_streams, chunk=st.integers(1, 7))
+def test_incremental_store_equals_batch_rule_and_torch_tokens(
+    redis_server, loaded, torch_model, stream, chunk
+):  # type: ignore[no-untyped-def]
+    user = f"prop-{next(_ids)}"
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        new = [NewEvent(user, item, action, ts) for ts, item, action in stream]
+        for lo in range(0, len(new), chunk):  # arbitrary batching must not matter
+            await store.append(loaded.view, new[lo : lo + chunk], now=time.time())
+        if not new:
+            return
+        recent, buckets, tokens = await _raw_state(store, user)
+        events = [Event(ts, seq, item, action) for seq, (ts, item, action) in enumerate(stream)]
+        assert recent.next_seq == len(events)
+        _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
+
+    run(_with_store(redis_server.url, "prop", go))
+
+
+def test_concurrent_writers_lose_nothing(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+    """50 writers x 20 single-event appends on one user: 1,000 events, each exactly once."""
+    user = "hot-user"
+    writers, per_writer = 50, 20
+    ts = {(w, i): 1_000_000 + w * per_writer + i for w in range(writers) for i in range(per_writer)}
+
+    async def writer(store: Store, w: int) -> None:
+        for i in range(per_writer):
+            ev = NewEvent(user, 1 + (w * 7 + i) % 300, 1 + i % 2, ts[w, i], event_id=f"w{w}-{i}")
+            result = await store.append(loaded.view, [ev], now=time.time())
+            assert (result.accepted, result.duplicates) == (1, 0)
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await asyncio.gather(*(writer(store, w) for w in range(writers)))
+        recent, buckets, tokens = await _raw_state(store, user)
+        assert recent.next_seq == writers * per_writer
+        assert await store.redis.zcard(store.keys(user).dedup) == writers * per_writer
+        # Distinct timestamps: the final state depends only on the set of events, not commit order.
+        events = sorted(
+            (
+                Event(ts[w, i], 0, 1 + (w * 7 + i) % 300, 1 + i % 2)
+                for w in range(writers)
+                for i in range(per_writer)
+            ),
+            key=lambda e: e.ts,
+        )
+        events = [e._replace(seq=s) for s, e in enumerate(events)]
+        _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
+        # Replaying every event is a no-op.
+        again = [
+            NewEvent(user, 1, 1, ts[w, i], event_id=f"w{w}-{i}")
+            for w in range(writers)
+            for i in range(per_writer)
+        ]
+        result = await store.append(loaded.view, again, now=time.time())
+        assert (result.accepted, result.duplicates) == (0, writers * per_writer)
+        assert (await _raw_state(store, user))[0].next_seq == writers * per_writer
+
+    run(_with_store(redis_server.url, prefix, go))
+
+
+def test_duplicate_event_ids_count_once_within_and_across_batches(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        batch = [
+            NewEvent("u1", 5, 1, 100, "a"),
+            NewEvent("u1", 6, 1, 101, "a"),
+            NewEvent("u1", 7, 1, 102, "b"),
+            NewEvent("u1", 8, 1, 103),
+        ]
+        first = await store.append(loaded.view, batch, now=1000.0)
+        assert (first.accepted, first.duplicates) == (3, 1)
+        second = await store.append(loaded.view, [NewEvent("u1", 9, 1, 104, "b")], now=1001.0)
+        assert (second.accepted, second.duplicates) == (0, 1)
+        # After the retention window the id is accepted again.
+        later = await store.append(loaded.view, [NewEvent("u1", 9, 1, 104, "b")], now=1000.0 + 86_401)
+        assert (later.accepted, later.duplicates) == (1, 0)
+        recent = decode_recent(await store.redis.get(store.keys("u1").recent))
+        assert [e.item for e in recent.events] == [5, 7, 8, 9]
+
+    run(_with_store(redis_server.url, prefix, go))
+
+
+def test_tokens_of_another_model_version_are_never_served(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    events = [NewEvent("u2", 1 + i * 13 % 300, 1, 10 * i) for i in range(40)]
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(loaded.view, events, now=0.0)
+        other = replace(loaded.view, version="another-model00")
+        snap = (await store.read(other, ["u2"], now=0.0))[0]
+        assert snap.tokens is not None
+        assert snap.tokens.version == "another-model00"  # rebuilt, not the stored ones
+        _, _, stored = await _raw_state(store, "u2")
+        assert stored.version == "another-model00"  # and written back for the next read
+        # Reading with the original version rebuilds again, equal to the from-scratch tokens.
+        snap = (await store.read(loaded.view, ["u2"], now=0.0))[0]
+        history, _ = split_recent([Event(e.ts, s, e.item, e.action) for s, e in enumerate(events)], 8)
+        top = bucketize(history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size)
+        np.testing.assert_allclose(snap.tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
+
+    run(_with_store(redis_server.url, prefix, go))
+
+
+def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(
+            loaded.view, [NewEvent(f"r{i}", 3, 1, 50 + j) for i in range(5) for j in range(12)], now=0.0
+        )
+        before = (await store.redis.info("stats"))["total_commands_processed"]
+        snaps = await store.read(loaded.view, [f"r{i}" for i in range(5)] + ["nobody"], now=0.0)
+        after = (await store.redis.info("stats"))["total_commands_processed"]
+        assert after - before == 2 * 6 + 1  # two GETs per user (+ the INFO itself): no repair needed
+        assert [len(s.recent.events) for s in snaps[:5]] == [8] * 5
+        assert snaps[5].recent is None
+        assert snaps[5].tokens is None
+
+    run(_with_store(redis_server.url, prefix, go))
