@@ -25,3 +25,19 @@ class Overloaded(CauserecError):
 
 class StoreConflict(CauserecError):
     """Too many concurrent writers on one user; the append was not applied."""
+
+
+class InvalidEvents(CauserecError):
+    """Some events of a batch are invalid; nothing of the batch was written."""
+
+    def __init__(self, invalid: list) -> None:  # type: ignore[type-arg]
+        super().__init__(f"{len(invalid)} invalid event(s); nothing was written")
+        self.invalid = invalid
+
+
+class Unauthorized(CauserecError):
+    """No API key, or an unknown one."""
+
+
+class Forbidden(CauserecError):
+    """A valid API key without the scope this route needs."""

@@ -1,0 +1,308 @@
+"""`causerec` command line. Torch is imported inside the commands that train or export, never at
+start-up, so `causerec serve` and `causerec load-events` run in a serving-only install."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Generative recommendations with CAUSE-compressed long histories.",
+)
+
+DATA_DIR = typer.Option(None, "--data-dir", help="folder with the dataset's files (not for synthetic)")
+CATEGORIES = typer.Option(
+    None, "--categories-csv", help="items.csv (item_id,categories) replacing the categories"
+)
+
+
+def _data_spec(
+    dataset: str, data_dir: Path | None, categories_csv: Path | None, **options: Any
+) -> dict[str, Any]:
+    return {
+        "dataset": dataset,
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "categories_csv": str(categories_csv.resolve()) if categories_csv else None,
+        "options": {k: v for k, v in options.items() if v is not None},
+    }
+
+
+def _load(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from model.data import DatasetError, load_dataset
+
+    try:
+        return load_dataset(
+            spec["dataset"],
+            Path(spec["data_dir"]) if spec["data_dir"] else None,
+            categories_csv=spec.get("categories_csv"),
+            **spec.get("options", {}),
+        )
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def datasets() -> None:
+    """List the dataset adapters and the files each reads."""
+    from model.data import ADAPTERS
+
+    for adapter in ADAPTERS.values():
+        print(f"{adapter.name:10s} {adapter.files}")
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option(..., help="adapter name (see `causerec datasets`)"),
+    data_dir: Path | None = DATA_DIR,
+    categories_csv: Path | None = CATEGORIES,
+    mode: str = typer.Option("cause", help="hstu | hstu-full | cause"),
+    recent_len: int = typer.Option(32, help="L: raw recent events (hstu-full: the cap on all events)"),
+    buckets: int = typer.Option(8, help="V: history tokens"),
+    bucket_size: int = typer.Option(32, help="G: items per bucket"),
+    d_model: int = typer.Option(64),
+    layers: int = typer.Option(3),
+    heads: int = typer.Option(8),
+    dropout: float = typer.Option(0.2),
+    backbone: str = typer.Option("hstu", help="hstu | transformer"),
+    no_align: bool = typer.Option(False, help="ablation: no W_align projection in bucket tokens"),
+    separators: bool = typer.Option(False, help="a separator token between history and recent events"),
+    epochs: int = typer.Option(50),
+    patience: int = typer.Option(5, help="epochs without validation NDCG@10 gain before stopping"),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(1e-3),
+    negatives: int = typer.Option(200, help="K sampled negatives for InfoNCE"),
+    action_weight: float = typer.Option(1.0, help="0 = the no-action-loss ablation"),
+    samples_per_user: int = typer.Option(4),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    min_rating: float | None = typer.Option(
+        None, help="MovieLens: ratings >= this are positives (default 4)"
+    ),
+    synthetic_users: int | None = typer.Option(None, help="synthetic: number of users"),
+    synthetic_items: int | None = typer.Option(None, help="synthetic: number of items"),
+    synthetic_events: int | None = typer.Option(None, help="synthetic: mean events per user"),
+    out: Path = typer.Option(..., help="run directory to write"),
+) -> None:
+    """Train HSTU / HSTU-full / CAUSE; keeps the best checkpoint by validation NDCG@10."""
+    from model.train import TrainConfig
+    from model.train import train as run_training
+
+    options = {"min_rating": min_rating} if dataset.startswith("ml-") else {}
+    if dataset == "synthetic":
+        options = {
+            "num_users": synthetic_users,
+            "num_items": synthetic_items,
+            "events_per_user": synthetic_events,
+            "seed": seed,
+        }
+    spec = _data_spec(dataset, data_dir, categories_csv, **options)
+    data = _load(spec)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        num_negatives=negatives,
+        action_loss_weight=action_weight,
+        samples_per_user=samples_per_user,
+        patience=patience,
+        seed=seed,
+        device=device,
+        data=spec,
+    )
+    model_cfg = {
+        "mode": mode,
+        "recent_len": recent_len,
+        "num_buckets": buckets,
+        "bucket_size": bucket_size,
+        "d_model": d_model,
+        "num_layers": layers,
+        "num_heads": heads,
+        "dropout": dropout,
+        "backbone": backbone,
+        "use_align": not no_align,
+        "separators": separators,
+    }
+    result = run_training(data, model_cfg, cfg, out)
+    print(
+        json.dumps(
+            {"run": str(out), "test": result["test"], "best_valid_epoch": result["best_valid"]["epoch"]},
+            indent=2,
+        )
+    )
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory from `causerec train`"),
+    split: str = typer.Option("test", help="test | valid"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Full-ranking NDCG@k / MRR / HR@10 over all items, plus forward ms per batch of 128 users."""
+    from model.evaluate import evaluate as run_eval
+    from model.samples import SampleBuilder
+    from model.train import load_model
+
+    spec = json.loads((run_dir / "run.json").read_text())["train"]["data"]
+    data = _load(spec)
+    model = load_model(run_dir)
+    metrics = run_eval(model, SampleBuilder(data, model.cfg), data.split(split))
+    print(json.dumps(metrics) if as_json else "\n".join(f"{k:18s} {v}" for k, v in metrics.items()))
+
+
+@app.command()
+def categorize(
+    run_dir: Path = typer.Argument(...),
+    k: int = typer.Option(..., "--k", help="number of K-Means clusters"),
+    out: Path = typer.Option(..., help="items.csv to write (the generic csv adapter's format)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """K-Means over the trained item embeddings -> item categories (paper Table 3)."""
+    import csv
+
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    from model.train import load_model
+
+    catalog = json.loads((run_dir / "catalog.json").read_text())
+    weights = load_model(run_dir).item_emb.weight.detach().numpy()[1:]
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(
+        weights / np.linalg.norm(weights, axis=1, keepdims=True).clip(1e-9)
+    )
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["item_id", "categories"])
+        writer.writerows((item, f"k{label}") for item, label in zip(catalog["items"], labels, strict=True))
+    print(f"wrote {len(labels)} items in {k} clusters to {out}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory from `causerec train`"),
+    out: Path = typer.Option(..., help="bundle directory to write"),
+) -> None:
+    """Write a versioned bundle: ONNX ranking graph (top-k inside), history graph, manifest, catalog."""
+    from export.bundle import export_bundle
+
+    manifest = export_bundle(run_dir, out)
+    print(json.dumps({"bundle": str(out), "version": manifest.version, "mode": manifest.mode}))
+
+
+def _embedded_redis(data_dir: Path) -> Any:
+    from service.redis_server import EmbeddedRedis, redis_binary
+
+    server = EmbeddedRedis(data_dir, appendfsync="always").start()
+    typer.echo(
+        f"embedded redis-server ({redis_binary()}) on 127.0.0.1:{server.port}, AOF in {data_dir}", err=True
+    )
+    return server
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Option(..., help="bundle directory"),
+    redis_url: str | None = typer.Option(
+        None, help="Redis URL; without it an embedded redis-server is started"
+    ),
+    redis_data: Path = typer.Option(Path(".causerec/redis"), help="data folder of the embedded redis-server"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(1, min=1),
+) -> None:
+    """Serve the API with uvicorn (settings: CAUSEREC_* variables, see service/config.py)."""
+    import uvicorn
+
+    server = None if redis_url else _embedded_redis(redis_data)
+    os.environ["CAUSEREC_BUNDLE"] = str(bundle.resolve())
+    os.environ["CAUSEREC_REDIS_URL"] = redis_url or server.url
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        if server:
+            server.stop()
+
+
+@app.command("load-events")
+def load_events(
+    bundle: Path = typer.Option(..., help="bundle whose catalogue maps the ids"),
+    dataset: str = typer.Option(...),
+    data_dir: Path | None = DATA_DIR,
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+    key_prefix: str = typer.Option("causerec"),
+    users_per_batch: int = typer.Option(64),
+    synthetic_users: int | None = typer.Option(None),
+    synthetic_items: int | None = typer.Option(None),
+    synthetic_events: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """Backfill a dataset's events into Redis through the store's own append path."""
+    import asyncio
+
+    from causerec.backfill import backfill
+
+    options = {}
+    if dataset == "synthetic":
+        options = {
+            "num_users": synthetic_users,
+            "num_items": synthetic_items,
+            "events_per_user": synthetic_events,
+            "seed": seed,
+        }
+    data = _load(_data_spec(dataset, data_dir, None, **options))
+    report = asyncio.run(backfill(bundle, data, redis_url, key_prefix, users_per_batch))
+    print(json.dumps(report))
+
+
+@app.command("recompute-tokens")
+def recompute_tokens(
+    bundle: Path = typer.Option(...),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+    key_prefix: str = typer.Option("causerec"),
+) -> None:
+    """Rebuild every user's history tokens for this bundle's model (after a model change)."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from service.runtime import load_model
+    from service.store import Store
+
+    async def run() -> int:
+        client = Redis.from_url(redis_url)
+        try:
+            return await Store(client, prefix=key_prefix).recompute_all(
+                load_model(bundle).view, now=time.time()
+            )
+        finally:
+            await client.aclose()
+
+    started = time.perf_counter()
+    users = asyncio.run(run())
+    print(json.dumps({"users": users, "seconds": round(time.perf_counter() - started, 2)}))
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("demo"), help="where data, run, bundle and Redis data go"),
+    port: int = typer.Option(8000),
+    epochs: int = typer.Option(8),
+) -> None:
+    """Synthetic data -> train -> export -> embedded Redis -> load events -> API on 127.0.0.1."""
+    from causerec.demo import run_demo
+
+    run_demo(workdir, port, epochs)

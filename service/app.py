@@ -1,0 +1,179 @@
+"""create_app: settings, Redis pool, model, batcher and signal handler live in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis, RedisCluster
+
+from service.batching import MicroBatcher
+from service.config import Settings
+from service.errors import (
+    BundleError,
+    CauserecError,
+    Forbidden,
+    InvalidEvents,
+    ModelNotReady,
+    Overloaded,
+    StoreConflict,
+    StoreUnavailable,
+    Unauthorized,
+)
+from service.metrics import Metrics
+from service.middleware import RequestContext, request_id
+from service.recommend import Recommender
+from service.routes import noop, router
+from service.runtime import LoadedModel, load_model
+from service.store import Store
+
+log = logging.getLogger("causerec")
+
+# Domain error -> (HTTP status, extra headers). The one place that knows HTTP codes.
+STATUS: dict[type[CauserecError], tuple[int, dict[str, str]]] = {
+    Unauthorized: (401, {"WWW-Authenticate": "ApiKey"}),
+    Forbidden: (403, {}),
+    InvalidEvents: (422, {}),
+    BundleError: (422, {}),
+    StoreUnavailable: (503, {"Retry-After": "1"}),
+    StoreConflict: (503, {"Retry-After": "1"}),
+    ModelNotReady: (503, {"Retry-After": "5"}),
+    Overloaded: (503, {"Retry-After": "1"}),
+}
+
+
+def _redis_client(settings: Settings) -> Redis:
+    common = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+        "max_connections": settings.redis_max_connections,
+    }
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
+    return Redis.from_url(settings.redis_url, **common)  # type: ignore[no-any-return]
+
+
+def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:
+    if old is None:
+        return
+    a, b = old.bundle.manifest, new.bundle.manifest
+    if (a.recent_len, a.bucket_size) != (b.recent_len, b.bucket_size):
+        raise BundleError(
+            f"new bundle has L={b.recent_len}, G={b.bucket_size}; the stored user state has "
+            f"L={a.recent_len}, G={a.bucket_size}. Such a change needs a fresh store (new key_prefix) "
+            f"and a backfill"
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()  # type: ignore[call-arg]
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        state.settings, state.metrics = settings, metrics
+        state.model, state.model_error = None, None
+        state.redis = _redis_client(settings)
+        state.store = Store(
+            state.redis,
+            prefix=settings.key_prefix,
+            dedup_retention_s=settings.dedup_retention_s,
+            per_user_transactions=settings.redis_cluster,
+        )
+        reload_lock = asyncio.Lock()
+
+        async def reload(path: str | None = None) -> LoadedModel:
+            async with reload_lock:
+                bundle = Path(path) if path else settings.bundle
+                new = await asyncio.to_thread(load_model, bundle, settings.device, settings.intra_op_threads)
+                _check_compatible(state.model, new)
+                state.model, state.model_error = new, None  # atomic swap: batches hold their own reference
+                metrics.model_info.clear()
+                metrics.model_info.labels(new.version, new.engine.device).set(1)
+                log.info("serving model %s from %s on %s", new.version, bundle, new.engine.device)
+                return new
+
+        async def initial_load() -> None:
+            try:
+                await reload()
+            except CauserecError as exc:
+                state.model_error = str(exc)
+                log.error("model not loaded: %s", exc)
+
+        def on_sighup() -> None:
+            async def run() -> None:
+                try:
+                    await reload()
+                except CauserecError as exc:
+                    log.error("reload on SIGHUP rejected, old model keeps serving: %s", exc)
+
+            asyncio.get_running_loop().create_task(run())
+
+        state.reload = reload
+        recommender = Recommender(lambda: state.model, state.store, settings.redis_timeout_s, metrics)
+        state.batcher = MicroBatcher(
+            recommender,
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            settings.max_queue,
+            on_batch=metrics.batch_size.observe,
+        )
+        state.batcher.start()
+        loader = asyncio.create_task(initial_load())
+        loop = asyncio.get_running_loop()
+        # Only the main thread may own signals (not so under some test runners): the admin route remains.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        if not settings.auth_enabled:
+            log.warning("no API keys configured: every route is open (set CAUSEREC_WRITE_KEYS etc.)")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await state.batcher.stop()
+            await state.redis.aclose()
+
+    app = FastAPI(
+        title="causerec",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Generative recommendations (HSTU + CAUSE history compression) served from Redis state.",
+    )
+    app.include_router(router)
+    if settings.noop_route:
+        app.add_api_route("/noop", noop, methods=["POST"], include_in_schema=False)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(CauserecError)
+    async def domain_error(request: Request, exc: CauserecError) -> JSONResponse:
+        status, headers = next((v for k, v in STATUS.items() if isinstance(exc, k)), (500, {}))
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.errors.labels(route, type(exc).__name__).inc()
+        body: dict[str, object] = {"detail": str(exc), "request_id": request_id.get()}
+        if isinstance(exc, InvalidEvents):
+            body["detail"] = {"message": str(exc), "invalid": [i.model_dump() for i in exc.invalid]}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.errors.labels(route, "validation").inc()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"detail": detail, "request_id": request_id.get()}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error (request %s)", request_id.get())
+        metrics.errors.labels(getattr(request.scope.get("route"), "path", "unmatched"), "internal").inc()
+        return JSONResponse({"detail": "internal error", "request_id": request_id.get()}, status_code=500)
+
+    return app

@@ -1,0 +1,52 @@
+"""Service settings: the only place the environment is read (variables ``CAUSEREC_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Refuses bad values at start-up, before any port is opened."""
+
+    model_config = SettingsConfigDict(env_prefix="CAUSEREC_", extra="ignore")
+
+    bundle: Path = Field(description="model bundle directory (from `causerec export`)")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (`causerec serve` without "
+        "--redis-url starts an embedded server and sets this)",
+    )
+    redis_cluster: bool = Field(False, description="use the Redis Cluster client (one transaction per user)")
+    redis_timeout_s: float = Field(1.0, gt=0, le=30, description="bound on every Redis call; then 503")
+    redis_max_connections: int = Field(64, ge=1, description="connection pool size per worker")
+    key_prefix: str = Field("causerec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
+    dedup_retention_s: int = Field(86_400, ge=1, description="how long an event_id is remembered")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="ONNX Runtime device")
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per worker")
+    max_batch_size: int = Field(64, ge=1, le=1024, description="most /recommend requests per engine call")
+    max_wait_ms: float = Field(2.0, ge=0, le=100, description="longest a request waits for its batch to fill")
+    max_queue: int = Field(2048, ge=1, description="waiting /recommend requests before answering 503")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_future_s: int = Field(
+        86_400, ge=0, description="event timestamps further ahead than this are invalid"
+    )
+    read_keys: list[SecretStr] = Field(
+        default_factory=list, description="API keys for /recommend (JSON list)"
+    )
+    write_keys: list[SecretStr] = Field(default_factory=list, description="keys for /events and /recommend")
+    admin_keys: list[SecretStr] = Field(default_factory=list, description="keys for everything incl. reload")
+    noop_route: bool = Field(False, description="expose POST /noop, the HTTP floor for load tests")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not (self.bundle / "manifest.json").is_file():
+            raise ValueError(f"bundle {self.bundle} has no manifest.json (run `causerec export` first)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.read_keys or self.write_keys or self.admin_keys)

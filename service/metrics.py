@@ -1,0 +1,60 @@
+"""Prometheus metrics; one registry per app so several apps in one process never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "causerec_request_seconds",
+            "HTTP request latency",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "causerec_batch_size",
+            "requests per engine call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.engine_seconds = Histogram(
+            "causerec_engine_seconds",
+            "ONNX Runtime ranking call latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "causerec_redis_seconds", "store operation latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("causerec_errors_total", "error responses", ["route", "kind"], registry=r)
+        self.events = Counter("causerec_events_total", "events posted", ["outcome"], registry=r)
+        self.model_info = Gauge(
+            "causerec_model_info", "the model being served", ["version", "device"], registry=r
+        )
+        self.queue_depth = Gauge("causerec_batch_queue_depth", "requests waiting for a batch", registry=r)

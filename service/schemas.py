@@ -1,0 +1,85 @@
+"""Request and response bodies (the OpenAPI schema at /docs is generated from these)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+
+def _id_text(value: Any) -> Any:
+    """Ids may be JSON strings or integers; both name the same entity ("42" == 42)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a string or an integer, not a boolean")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=256)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(Strict):
+    user_id: Id = Field(description="external user id (string or integer, at most 256 characters)")
+    k: int = Field(20, ge=1, le=1000, description="number of items to return")
+    exclude_seen: bool = Field(
+        True, description="leave out items in the user's stored recent window and buckets"
+    )
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    model_version: str
+    items: list[ScoredItem]
+    recent_events: int = Field(description="events in the user's recent window used as input")
+    history_tokens: int = Field(description="compressed history tokens used as input")
+
+
+class EventIn(Strict):
+    user_id: Id
+    item_id: Id
+    action: Id = Field(description="action value as in the training data (e.g. 'like', or a rating '4')")
+    timestamp: float | None = Field(None, description="seconds since the epoch; default: server time")
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="idempotency key: a repeat within the retention window is counted once"
+    )
+
+
+class EventsRequest(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class InvalidEvent(BaseModel):
+    index: int
+    reason: str
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    invalid: list[InvalidEvent] = Field(default_factory=list)
+
+
+class ReloadRequest(Strict):
+    bundle: str | None = Field(None, description="bundle directory; default: the configured one")
+
+
+class Problem(BaseModel):
+    """Every error response has this shape."""
+
+    detail: Any
+    request_id: str | None = None
