@@ -53,7 +53,8 @@ class ScoringGraph(nn.Module):
             ts=ts,
             mask=mask,
         )
-        scores = state @ self.table  # (B, N + 1)
+        table: torch.Tensor = self.table  # type: ignore[assignment]
+        scores = state @ table  # (B, N + 1)
         # -1 pads `exclude`; clamping sends it to column 0, the padding item, which is -inf anyway.
         drop = exclude.clamp(min=0)
         scores = scores.scatter(1, drop, torch.full_like(drop, 0, dtype=scores.dtype) - float("inf"))

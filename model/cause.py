@@ -40,7 +40,11 @@ class CauseRecommender(nn.Module):
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.backbone = Backbone(cfg)
         self.action_head = nn.Linear(d, cfg.num_actions + 1)
-        for emb in (self.item_emb, self.cat_emb, self.action_emb, self.user_emb):
+        # Every embedding starts at one scale: a type or bucket embedding at PyTorch's default
+        # N(0, 1) would be ~50x the item embeddings and drown which item a token is.
+        for emb in self.modules():
+            if not isinstance(emb, nn.Embedding) or emb in self.backbone.modules():
+                continue
             nn.init.normal_(emb.weight, std=0.02)
             if emb.padding_idx is not None:
                 emb.weight.data[emb.padding_idx].zero_()

@@ -51,14 +51,20 @@ STATUS: dict[type[CauserecError], tuple[int, dict[str, str]]] = {
 
 
 def _redis_client(settings: Settings) -> Redis:
-    common = {
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
-        "max_connections": settings.redis_max_connections,
-    }
+    timeout = settings.redis_timeout_s
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
-    return Redis.from_url(settings.redis_url, **common)  # type: ignore[no-any-return]
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=settings.redis_max_connections,
+        )
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=settings.redis_max_connections,
+    )
 
 
 def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:

@@ -14,9 +14,7 @@ from service.metrics import Metrics
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-async def _reply(
-    send: Send, status: int, detail: str, rid: str, headers: list[tuple[bytes, bytes]] = ()
-) -> None:  # type: ignore[assignment]
+async def _reply(send: Send, status: int, detail: str, rid: str) -> None:
     body = json.dumps({"detail": detail, "request_id": rid}).encode()
     await send(
         {
@@ -26,7 +24,6 @@ async def _reply(
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", rid.encode()),
-                *headers,
             ],
         }
     )

@@ -16,12 +16,16 @@ def _id_text(value: Any) -> Any:
         return str(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return str(int(value))
-    if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError("must not contain control characters")
+    if isinstance(value, str):
+        if not 1 <= len(value) <= MAX_ID_CHARS:
+            raise ValueError(f"must be 1 to {MAX_ID_CHARS} characters long, got {len(value)}")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
     return value
 
 
-Id = Annotated[str, BeforeValidator(_id_text), StringConstraints(min_length=1, max_length=256)]
+MAX_ID_CHARS = 256
+Id = Annotated[str, BeforeValidator(_id_text)]
 
 
 class Strict(BaseModel):

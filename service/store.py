@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
 from model.bucketing import Bucket, CategoriesOf, Event, UserState, bucket_categories
@@ -206,19 +207,26 @@ class Store:
     async def _transact_group(
         self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
     ) -> list[_Pending]:
+        broken_connections = 0
         for attempt in range(self.max_retries):
             try:
                 async with self.redis.pipeline(transaction=True) as tx:
                     await tx.watch(*(k.recent for k in by_user))
                     pending = await self._load(model, by_user)
                     await self._apply(model, pending, now)
-                    tx.multi()
+                    tx.multi()  # type: ignore[no-untyped-call]
                     self._queue_writes(tx, model, pending, now)
                     await tx.execute()
                     return pending
             except WatchError:
                 # Another writer touched one of these users: re-read and recompute.
                 await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+            except RedisConnectionError as exc:
+                # redis-py does not retry WATCH on a dead pooled connection (e.g. after a Redis
+                # restart); it drops that connection, so the next attempt connects afresh.
+                broken_connections += 1
+                if broken_connections > 2:
+                    raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
         raise StoreConflict(f"gave up after {self.max_retries} conflicting writes on the same users")
@@ -266,15 +274,17 @@ class Store:
                 if evicted is not None:
                     p.evicted.append(evicted)
         fetch = self.redis.pipeline(transaction=False)
-        plan = []
+        plan: list[tuple[_Pending, list[int] | None]] = []
         for p in pending:
             if self._needs_rebuild(model, p):
                 fetch.hgetall(p.keys.buckets)
                 plan.append((p, None))
             elif p.evicted:
-                cats = sorted({c for e in p.evicted for c in bucket_categories(e.item, model.categories_of)})
-                fetch.hmget(p.keys.buckets, [str(c) for c in cats])
-                plan.append((p, cats))
+                wanted = sorted(
+                    {c for e in p.evicted for c in bucket_categories(e.item, model.categories_of)}
+                )
+                fetch.hmget(p.keys.buckets, [str(c) for c in wanted])
+                plan.append((p, wanted))
         replies = await fetch.execute() if plan else []
         for (p, cats), reply in zip(plan, replies, strict=True):
             if cats is None:

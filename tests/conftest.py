@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINY = {"num_users": 200, "num_items": 300, "num_categories": 8, "events_per_user": 60, "seed": 7}
+TINY = {
+    "num_users": 300,
+    "num_items": 300,
+    "num_categories": 8,
+    "events_per_user": 60,
+    "p_long_term": 0.3,
+    "drift_every": 40.0,
+    "seed": 7,
+}
 TINY_MODEL = {
     "mode": "cause",
     "recent_len": 8,
@@ -31,7 +39,12 @@ def _train(tmp: Path, dataset, **overrides):  # type: ignore[no-untyped-def]
 
     run = tmp / "run"
     cfg = TrainConfig(
-        epochs=2, patience=2, samples_per_user=2, data={"dataset": "synthetic", "options": TINY}
+        epochs=10,
+        patience=10,
+        lr=3e-3,
+        samples_per_user=8,
+        batch_size=64,
+        data={"dataset": "synthetic", "options": TINY},
     )
     train(dataset, {**TINY_MODEL, **overrides}, cfg, run, progress=False)
     return run

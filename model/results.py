@@ -1,0 +1,190 @@
+"""The quality table (docs/RESULTS.md): HSTU vs HSTU-full vs CAUSE on MovieLens, 3 seeds.
+
+    python -m model.results --data-dir ../shared/data/ml-100k --out docs/results
+
+Each run's metrics land in OUT/runs/<row>-s<seed>.json, so an interrupted sweep resumes where it
+stopped; the table and the plot are rebuilt from whatever runs exist. Early stopping uses the
+validation split only; the table reports the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROWS: list[tuple[str, dict[str, Any]]] = [
+    *((f"hstu L={n}", {"mode": "hstu", "recent_len": n}) for n in (8, 16, 32, 64)),
+    ("hstu-full (cap 256)", {"mode": "hstu-full", "recent_len": 256}),
+    *((f"cause L={n}", {"mode": "cause", "recent_len": n}) for n in (8, 16, 32)),
+    ("cause L=16, K-Means categories", {"mode": "cause", "recent_len": 16, "kmeans": 18}),
+    ("cause L=16, no W_align", {"mode": "cause", "recent_len": 16, "use_align": False}),
+    ("cause L=16, no action loss", {"mode": "cause", "recent_len": 16, "action_weight": 0.0}),
+]
+METRICS = ("ndcg@1", "ndcg@10", "ndcg@20", "mrr")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return (
+        f"{cpu}, {nproc} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def run_one(
+    name: str, spec: dict[str, Any], seed: int, data_dir: Path, out: Path, epochs: int
+) -> dict[str, Any]:
+    from model.data import load_dataset
+    from model.train import TrainConfig, train
+
+    spec = dict(spec)
+    kmeans = spec.pop("kmeans", None)
+    action_weight = spec.pop("action_weight", 1.0)
+    categories_csv = None
+    if kmeans:
+        categories_csv = kmeans_categories(data_dir, out, seed, kmeans, epochs)
+    data = load_dataset("ml-100k", data_dir, categories_csv=categories_csv)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            epochs=epochs,
+            seed=seed,
+            action_loss_weight=action_weight,
+            patience=5,
+            data={"dataset": "ml-100k", "data_dir": str(data_dir), "options": {}},
+        )
+        result = train(data, spec, cfg, Path(tmp) / "run", progress=False)
+    return {
+        "row": name,
+        "seed": seed,
+        "test": result["test"],
+        "seq_len": result["seq_len"],
+        "train_s_per_epoch": result["train_s_per_epoch"],
+        "epochs_run": result["epochs_run"],
+        "best_epoch": result["best_valid"]["epoch"],
+    }
+
+
+def kmeans_categories(data_dir: Path, out: Path, seed: int, k: int, epochs: int) -> Path:
+    """Cluster the item embeddings of an `hstu L=32` model trained with the same seed."""
+    from sklearn.cluster import KMeans
+
+    from model.data import load_dataset
+    from model.train import TrainConfig, load_model, train
+
+    path = out / "runs" / f"kmeans{k}-s{seed}.csv"
+    if path.is_file():
+        return path
+    data = load_dataset("ml-100k", data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(
+            data,
+            {"mode": "hstu", "recent_len": 32},
+            TrainConfig(epochs=epochs, seed=seed),
+            Path(tmp) / "r",
+            progress=False,
+        )
+        weights = load_model(Path(tmp) / "r").item_emb.weight.detach().numpy()[1:]
+    weights = weights / np.linalg.norm(weights, axis=1, keepdims=True).clip(1e-9)
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(weights)
+    lines = ["item_id,categories"] + [f"{data.items.external(i + 1)},k{c}" for i, c in enumerate(labels)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def table(out: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    lines = [
+        "| model | input tokens | "
+        + " | ".join(m.upper().replace("NDCG", "N") for m in METRICS)
+        + " | train s/epoch | inference ms / 128 users | seeds |",
+        "|---|---|" + "---|" * (len(METRICS) + 3),
+    ]
+    for name, _ in ROWS:
+        rs = [r for r in runs if r["row"] == name]
+        if not rs:
+            continue
+        cells = [
+            f"{np.mean([r['test'][m] for r in rs]):.4f} ± {np.std([r['test'][m] for r in rs]):.4f}"
+            for m in METRICS
+        ]
+        lines.append(
+            f"| {name} | {rs[0]['seq_len']} | "
+            + " | ".join(cells)
+            + f" | {np.mean([r['train_s_per_epoch'] for r in rs]):.1f}"
+            + f" | {np.mean([r['test']['ms_per_batch_128'] for r in rs]):.1f} | {len(rs)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, spec in ROWS:
+        rs = [r for r in runs if r["row"] == name]
+        if not rs or "kmeans" in spec or len(spec) > 2:
+            continue
+        x = np.mean([r["test"]["ms_per_batch_128"] for r in rs])
+        y = np.mean([r["test"]["ndcg@10"] for r in rs])
+        ax.errorbar(
+            x,
+            y,
+            yerr=np.std([r["test"]["ndcg@10"] for r in rs]),
+            fmt="o" if "cause" in name else "s",
+            color="C1" if "cause" in name else "C0",
+        )
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("inference ms per batch of 128 users (log)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title("ML-100K: quality vs inference cost")
+    fig.tight_layout()
+    fig.savefig(out / "ndcg_vs_cost.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--rows", nargs="*", help="only rows whose name contains one of these")
+    args = parser.parse_args()
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for name, spec in sorted(ROWS, key=lambda r: r[1]["mode"] == "hstu-full"):  # the slowest last
+            if args.rows and not any(r in name for r in args.rows):
+                continue
+            path = (
+                args.out / "runs" / f"{name.replace(' ', '_').replace(',', '').replace('=', '')}-s{seed}.json"
+            )
+            if path.is_file():
+                continue
+            record = run_one(name, spec, seed, args.data_dir, args.out, args.epochs)
+            path.write_text(json.dumps(record, indent=2))
+            print(f"{name} seed {seed}: ndcg@10 {record['test']['ndcg@10']:.4f}", flush=True)
+    (args.out / "table.md").write_text(f"Machine: {machine()}\n\n{table(args.out)}\n")
+    plot(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""End to end: a real uvicorn process, a real Redis server, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ADMIN_KEY, READ_KEY, WRITE_KEY
+
+pytestmark = pytest.mark.integration
+W = {"X-API-Key": WRITE_KEY}
+R = {"X-API-Key": READ_KEY}
+
+
+def post(api, path: str, body: object, headers: dict[str, str] = W) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return httpx.post(api.url + path, json=body, headers=headers, timeout=10)
+
+
+def recommend(api, user: str, k: int = 20) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    r = post(api, "/recommend", {"user_id": user, "k": k}, R)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_events_that_move_a_user_into_a_category_shift_recommendations(api, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    d = tiny_dataset
+    cat_of = {d.items.external(i): set(d.item_categories[i]) for i in range(1, d.num_items + 1)}
+    user = "shifter"
+    start = [
+        {"user_id": user, "item_id": d.items.external(i), "action": "view", "timestamp": 1000 + n}
+        for n, i in enumerate(j for j in range(1, d.num_items + 1) if 1 in d.item_categories[j])
+    ][:20]
+    assert post(api, "/events", {"events": start}).json()["accepted"] == 20
+    target = 5
+    members = [d.items.external(i) for i in range(1, d.num_items + 1) if d.item_categories[i] == (target,)]
+    before = sum(target in cat_of[x["item_id"]] for x in recommend(api, user)["items"])
+    # A few items, repeated: exclude_seen must leave most of the category available to recommend.
+    moved = [
+        {"user_id": user, "item_id": members[n % 4], "action": "like", "timestamp": 2000 + n}
+        for n in range(30)
+    ]
+    assert post(api, "/events", {"events": moved}).json()["accepted"] == 30
+    after_body = recommend(api, user)
+    after = sum(target in cat_of[x["item_id"]] for x in after_body["items"])
+    assert after > before, (before, after)
+    assert after_body["history_tokens"] >= 1
+    assert after_body["recent_events"] == 8
+
+
+def test_recommend_answer_shape_and_unknown_user(api) -> None:  # type: ignore[no-untyped-def]
+    body = recommend(api, "never-seen-before", k=7)
+    assert body["user_id"] == "never-seen-before"
+    assert len(body["items"]) == 7
+    assert body["recent_events"] == 0
+    assert body["history_tokens"] == 0
+    scores = [x["score"] for x in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert recommend(api, 12345, k=3)["user_id"] == "12345"  # int ids are accepted as strings
+
+
+def test_exclude_seen_leaves_out_the_recent_window(api, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    items = [tiny_dataset.items.external(i) for i in range(1, 6)]
+    post(api, "/events", {"events": [{"user_id": "ex", "item_id": i, "action": "view"} for i in items]})
+    got = {x["item_id"] for x in recommend(api, "ex", k=200)["items"]}
+    assert not got & set(items)
+    r = post(api, "/recommend", {"user_id": "ex", "k": 200, "exclude_seen": False}, R)
+    assert set(items) <= {x["item_id"] for x in r.json()["items"]}
+
+
+def test_duplicate_event_ids_are_counted_once(api) -> None:  # type: ignore[no-untyped-def]
+    ev = {"user_id": "dup", "item_id": "i1", "action": "view", "event_id": "e-1"}
+    assert post(api, "/events", {"events": [ev, ev]}).json() == {
+        "accepted": 1,
+        "duplicates": 1,
+        "invalid": [],
+    }
+    assert post(api, "/events", {"events": [ev]}).json() == {"accepted": 0, "duplicates": 1, "invalid": []}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/recommend", {"k": 5}, 422, "Field required"),
+        ("/recommend", {"user_id": "u", "k": 0}, 422, "greater than or equal to 1"),
+        ("/recommend", {"user_id": "u", "k": 1001}, 422, "less than or equal to 1000"),
+        ("/recommend", {"user_id": "u", "k": "many"}, 422, "valid integer"),
+        ("/recommend", {"user_id": "x" * 10_000}, 422, "1 to 256 characters long, got 10000"),
+        ("/recommend", {"user_id": "a\u0000b"}, 422, "control characters"),
+        ("/recommend", {"user_id": True}, 422, "not a boolean"),
+        ("/recommend", {"user_id": "u", "surprise": 1}, 422, "Extra inputs are not permitted"),
+        ("/events", {"events": []}, 422, "at least 1 item"),
+        ("/events", {"events": [{"user_id": "u", "item_id": "i1"}]}, 422, "Field required"),
+    ],
+)
+def test_malformed_requests_get_422_with_a_message(api, path, body, status, message) -> None:  # type: ignore[no-untyped-def]
+    r = post(api, path, body)
+    assert r.status_code == status
+    assert message in r.text
+    assert r.json()["request_id"]
+
+
+def _recent_count(api, user: str) -> int:  # type: ignore[no-untyped-def]
+    r = post(api, "/recommend", {"user_id": user, "k": 1}, R)
+    return int(r.json()["recent_events"])
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"item_id": "no-such-item"}, "unknown item_id"),
+        ({"action": "teleport"}, "unknown action"),
+        ({"timestamp": -1}, "must not be negative"),
+        ({"timestamp": 4e12}, "in the future"),
+        ({"item_id": "ünïcödé-☃"}, "unknown item_id"),
+    ],
+)
+def test_invalid_events_are_rejected_whole_and_change_nothing(api, event, reason) -> None:  # type: ignore[no-untyped-def]
+    user = f"bad-{reason.split()[0]}-{abs(hash(json.dumps(event))) % 10_000}"
+    good = {"user_id": user, "item_id": "i1", "action": "view"}
+    r = post(api, "/events", {"events": [good, {**good, **event}]})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail["invalid"] == [{"index": 1, "reason": detail["invalid"][0]["reason"]}]
+    assert reason in detail["invalid"][0]["reason"]
+    assert _recent_count(api, user) == 0  # the valid event of the batch was not written either
+
+
+def test_nan_timestamp_is_rejected(api) -> None:  # type: ignore[no-untyped-def]
+    raw = '{"events": [{"user_id": "nan", "item_id": "i1", "action": "view", "timestamp": NaN}]}'
+    r = httpx.post(api.url + "/events", content=raw, headers={**W, "content-type": "application/json"})
+    assert r.status_code == 422
+    assert "finite" in r.text
+
+
+def test_oversized_body_gets_413(api) -> None:  # type: ignore[no-untyped-def]
+    events = [
+        {"user_id": "big", "item_id": "i1", "action": "view", "event_id": f"{n:0128d}"} for n in range(1000)
+    ]
+    r = post(api, "/events", {"events": events})  # ~190 KB, limit 64 KiB
+    assert r.status_code == 413
+    assert "over 65536 bytes" in r.json()["detail"]
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"events": ['
+        for _ in range(2000):
+            yield b'{"user_id": "big", "item_id": "i1", "action": "view"},'
+        yield b'{"user_id": "big", "item_id": "i1", "action": "view"}]}'
+
+    r = httpx.post(api.url + "/events", content=chunks(), headers={**W, "content-type": "application/json"})
+    assert r.status_code == 413  # no Content-Length: counted while reading
+    assert _recent_count(api, "big") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "message"),
+    [
+        ("/recommend", {}, 401, "missing API key"),
+        ("/recommend", {"X-API-Key": "wrong"}, 401, "invalid API key"),
+        ("/events", R, 403, "lacks the 'write' scope"),
+        ("/admin/reload", W, 403, "lacks the 'admin' scope"),
+        ("/recommend", {"Authorization": f"Bearer {READ_KEY}"}, 200, "items"),
+    ],
+)
+def test_auth(api, path, headers, status, message) -> None:  # type: ignore[no-untyped-def]
+    body = (
+        {"user_id": "auth"}
+        if path == "/recommend"
+        else {"events": [{"user_id": "auth", "item_id": "i1", "action": "view"}]}
+    )
+    r = httpx.post(api.url + path, json=body if path != "/admin/reload" else {}, headers=headers)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_keys_never_appear_in_logs(api) -> None:  # type: ignore[no-untyped-def]
+    post(api, "/recommend", {"user_id": "log"}, {"X-API-Key": "wrong-secret-key"})
+    post(api, "/events", {"events": [{"user_id": "log", "item_id": "i1", "action": "view"}]})
+    time.sleep(0.2)
+    log = api.log_path.read_text()
+    for secret in (READ_KEY, WRITE_KEY, ADMIN_KEY, "wrong-secret-key"):
+        assert secret not in log
+
+
+def test_health_ready_metrics_model(api) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(api.url + "/readyz").json()
+    assert ready["status"] == "ready"
+    model = httpx.get(api.url + "/v1/model").json()
+    assert model["version"] == ready["model_version"]
+    assert model["num_buckets"] == 4
+    recommend(api, "metrics-user")
+    text = httpx.get(api.url + "/metrics").text
+    for name in (
+        "causerec_request_seconds_bucket",
+        "causerec_batch_size_bucket",
+        "causerec_engine_seconds_bucket",
+        'causerec_redis_seconds_bucket{le="0.001",op="read"}',
+        "causerec_events_total",
+        "causerec_errors_total",
+        "causerec_model_info",
+    ):
+        assert name in text
+    assert httpx.get(api.url + "/openapi.json").json()["paths"].keys() >= {"/recommend", "/events"}
+
+
+def test_concurrent_recommends_are_batched(api) -> None:  # type: ignore[no-untyped-def]
+    def count() -> float:
+        for line in httpx.get(api.url + "/metrics").text.splitlines():
+            if line.startswith("causerec_batch_size_count"):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count()
+    threads = [threading.Thread(target=recommend, args=(api, f"batch-{i}")) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert count() - before < 32  # some requests shared an engine call
+
+
+def test_hot_reload_under_load_fails_no_request(api, second_bundle, tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    statuses: Counter[int] = Counter()
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                r = client.post(api.url + "/recommend", json={"user_id": "reload", "k": 5}, headers=R)
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+
+    workers = [threading.Thread(target=load) for _ in range(6)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    r = httpx.post(
+        api.url + "/admin/reload",
+        json={"bundle": str(second_bundle)},
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    time.sleep(0.5)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert set(statuses) == {200}, statuses
+    assert r.json()["model_version"] in versions
+    assert len(versions) == 2
+    back = httpx.post(
+        api.url + "/admin/reload",
+        json={"bundle": str(tiny_bundle)},
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=60,
+    )
+    assert back.status_code == 200
+
+
+def test_corrupt_bundle_on_reload_is_rejected_and_old_model_keeps_serving(api, tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    bad = shutil.copytree(tiny_bundle, tmp_path / "bad")
+    (bad / "model.onnx").write_bytes(b"not a graph")
+    version = httpx.get(api.url + "/v1/model").json()["version"]
+    r = httpx.post(
+        api.url + "/admin/reload", json={"bundle": str(bad)}, headers={"X-API-Key": ADMIN_KEY}, timeout=60
+    )
+    assert r.status_code == 422
+    assert "checksum does not match" in r.json()["detail"]
+    assert recommend(api, "after-bad-reload")["model_version"] == version

@@ -1,0 +1,89 @@
+"""Dataset adapters: MovieLens-100K for real, the others on small files written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.data import ADAPTERS, DatasetError, load_dataset
+
+
+@pytest.mark.data
+def test_ml100k_loads_users_items_and_genres_as_many_to_many(ml100k_dir: Path) -> None:
+    d = load_dataset("ml-100k", ml100k_dir)
+    # 943 users rate; 938 keep >= 5 ratings of 4 or 5 (the default positive filter).
+    assert d.num_users == 938
+    assert len(d.categories) == 18  # 19 genre flags minus 'unknown'
+    assert d.describe()["items_with_several_categories"] > 500
+    assert set(d.actions.to_list()) == {"4", "5"}
+    assert np.all(np.diff(d.user) >= 0)
+    for row in range(5):  # time order inside each user
+        lo, hi = d.user_offsets[row], d.user_offsets[row + 1]
+        assert np.all(np.diff(d.ts[lo:hi]) >= 0)
+
+
+def test_leave_one_out_split_holds_out_the_last_two_events(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    test, valid = tiny_dataset.split("test"), tiny_dataset.split("valid")
+    ends = tiny_dataset.user_offsets[test.users + 1]
+    assert np.array_equal(test.target, ends - 1)
+    assert np.array_equal(valid.target, ends - 2)
+    assert np.array_equal(test.input_end, test.target)
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    a = load_dataset("synthetic", num_users=20, num_items=50, seed=3)
+    b = load_dataset("synthetic", num_users=20, num_items=50, seed=3)
+    c = load_dataset("synthetic", num_users=20, num_items=50, seed=4)
+    assert np.array_equal(a.item, b.item)
+    assert np.array_equal(a.ts, b.ts)
+    assert not np.array_equal(a.item[:50], c.item[:50])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_adapter_with_many_to_many_categories(tmp_path: Path) -> None:
+    rows = "\n".join(f"u{u},i{(u + j) % 4},click,{100 + j}" for u in range(3) for j in range(6))
+    _write(tmp_path / "events.csv", "user_id,item_id,action,timestamp\n" + rows + "\n")
+    _write(tmp_path / "items.csv", "item_id,categories\ni0,a|b\ni1,b\ni2,\n")
+    d = load_dataset("csv", tmp_path)
+    assert d.num_users == 3
+    assert d.item_categories[d.items.internal("i0")] == tuple(
+        sorted([d.categories.internal("a"), d.categories.internal("b")])
+    )
+    assert d.item_categories[d.items.internal("i2")] == ()  # no category: the reserved bucket
+
+
+@pytest.mark.parametrize(
+    ("adapter", "files", "message"),
+    [
+        (
+            "csv",
+            {"events.csv": "user_id,item_id,action,timestamp\nu1,i1,click,notatime\n"},
+            "events.csv:2: timestamp must be a number",
+        ),
+        ("csv", {"events.csv": "user,item\n"}, "events.csv:1: header must be"),
+        ("ml-1m", {"ratings.dat": "1::2::5\n", "movies.dat": ""}, "ratings.dat:1: expected 4 fields"),
+        (
+            "ml-20m",
+            {"ratings.csv": "userId,movieId,rating,timestamp\n1,2,x,3\n", "movies.csv": ""},
+            "ratings.csv:2: rating must be a number",
+        ),
+        ("ml-100k", {}, "u.data: file not found"),
+    ],
+)
+def test_bad_files_name_the_file_and_line(
+    tmp_path: Path, adapter: str, files: dict[str, str], message: str
+) -> None:
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(DatasetError, match=message.replace(".", r"\.")):
+        load_dataset(adapter, tmp_path)
+
+
+def test_every_adapter_is_listed() -> None:
+    assert set(ADAPTERS) == {"ml-100k", "ml-1m", "ml-20m", "csv", "synthetic"}

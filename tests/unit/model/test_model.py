@@ -1,0 +1,147 @@
+"""HSTU + CAUSE behaviour: shapes, causality, padding invariance, learning, the planted signal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.cause import model_inputs
+from model.evaluate import to_tensors
+from model.samples import SampleBuilder
+from model.train import TrainConfig, build_model, train
+
+SMALL = {
+    "recent_len": 8,
+    "num_buckets": 4,
+    "bucket_size": 8,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "dropout": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def cause_model(tiny_dataset):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return build_model(tiny_dataset, mode="cause", **SMALL).eval()
+
+
+def _batch(dataset, model, rows=range(4)):  # type: ignore[no-untyped-def]
+    builder = SampleBuilder(dataset, model.cfg)
+    rows = np.array(list(rows))
+    ends = dataset.user_offsets[rows + 1] - 1
+    return to_tensors(builder.batch(rows, ends, with_targets=True), "cpu")
+
+
+def test_shapes(tiny_dataset, cause_model) -> None:  # type: ignore[no-untyped-def]
+    batch = _batch(tiny_dataset, cause_model)
+    out, valid = cause_model.encode(**model_inputs(cause_model, batch))
+    assert out.shape == (4, cause_model.cfg.seq_len, 32)  # 1 + V + 2L = 1 + 4 + 16
+    assert cause_model.cfg.seq_len == 21
+    assert valid.shape == (4, 21)
+    scores = cause_model.score_all(**model_inputs(cause_model, batch))
+    assert scores.shape == (4, tiny_dataset.num_items + 1)
+    assert torch.isinf(scores[:, 0]).all()
+
+
+def test_no_future_leakage(tiny_dataset, cause_model) -> None:  # type: ignore[no-untyped-def]
+    """Changing a later event (item or action) must not change any earlier position's output."""
+    batch = _batch(tiny_dataset, cause_model)
+    with torch.no_grad():
+        before, _ = cause_model.encode(**model_inputs(cause_model, batch))
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["items"][:, -1] = (changed["items"][:, -1] % tiny_dataset.num_items) + 1
+        changed["actions"][:, -1] = 3 - changed["actions"][:, -1]
+        changed["ts"][:, -1] += 10_000
+        after, _ = cause_model.encode(**model_inputs(cause_model, changed))
+    last_item = cause_model.cfg.seq_len - 2  # [..., item_L, action_L]
+    torch.testing.assert_close(before[:, :last_item], after[:, :last_item])
+    assert not torch.allclose(before[:, last_item:], after[:, last_item:])
+
+
+def test_action_position_does_not_see_its_own_action(tiny_dataset, cause_model) -> None:  # type: ignore[no-untyped-def]
+    batch = _batch(tiny_dataset, cause_model)
+    with torch.no_grad():
+        before, _ = cause_model.encode(**model_inputs(cause_model, batch))
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["actions"][:, -1] = 3 - changed["actions"][:, -1]
+        after, _ = cause_model.encode(**model_inputs(cause_model, changed))
+    item_pos = cause_model.cfg.seq_len - 2  # predicts action_L: must not see it
+    torch.testing.assert_close(before[:, item_pos], after[:, item_pos])
+
+
+def test_padding_does_not_change_scores(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    """The engine pads recent windows to a few fixed lengths; scores must not depend on it."""
+    torch.manual_seed(0)
+    short = build_model(tiny_dataset, mode="cause", **{**SMALL, "recent_len": 8}).eval()
+    long = build_model(tiny_dataset, mode="cause", **{**SMALL, "recent_len": 16}).eval()
+    long.load_state_dict(short.state_dict())
+    batch = _batch(tiny_dataset, short)
+    padded = dict(batch)
+    for k in ("items", "actions", "ts", "mask"):
+        padded[k] = torch.cat([torch.zeros_like(batch[k]), batch[k]], dim=1)
+    with torch.no_grad():
+        a = short.score_all(**model_inputs(short, batch))
+        b = long.score_all(**model_inputs(long, padded))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_decreases(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model(tiny_dataset, mode="cause", **SMALL)
+    batch = _batch(tiny_dataset, model, rows=range(64))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        item, action = model.losses(batch, num_negatives=50)
+        opt.zero_grad()
+        (item + action).backward()
+        opt.step()
+        losses.append(float((item + action).detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.slow
+def test_cause_learns_the_long_term_signal_a_short_window_misses(tmp_path: Path) -> None:
+    """Synthetic users have 4 persistent favourite categories; a 4-event window cannot show them all.
+
+    With the same backbone and budget, CAUSE (4 recent events + history tokens) must put more of
+    its top-10 in the user's favourite categories, and rank the held-out item better, than HSTU
+    on the same 4 events.
+    """
+    from model.data import load_dataset
+    from model.train import load_model
+
+    data = load_dataset(
+        "synthetic",
+        num_users=400,
+        num_items=400,
+        num_categories=16,
+        events_per_user=80,
+        p_long_term=0.5,
+        long_term=4,
+        seed=1,
+    )
+    favourites = data.extras["favourites"]
+    scores = {}
+    for mode in ("hstu", "cause"):
+        cfg = TrainConfig(epochs=8, patience=8, lr=3e-3, samples_per_user=8, batch_size=64, seed=0)
+        result = train(data, {**SMALL, "recent_len": 4, "mode": mode}, cfg, tmp_path / mode, progress=False)
+        model = load_model(tmp_path / mode)
+        builder = SampleBuilder(data, model.cfg)
+        split = data.split("test")
+        batch = to_tensors(builder.batch(split.users, split.input_end, with_targets=False), "cpu")
+        with torch.no_grad():
+            top = model.score_all(**model_inputs(model, batch)).topk(10).indices.numpy()
+        hits = []
+        for row, items in zip(split.users, top, strict=True):
+            fav = {data.categories.internal(c) for c in favourites[data.users.external(int(row) + 1)]}
+            hits.append(np.mean([bool(fav & set(data.item_categories[i])) for i in items]))
+        scores[mode] = (float(np.mean(hits)), result["test"]["ndcg@10"])
+    # Measured on this machine: favourite share 0.573 vs 0.528, NDCG@10 0.173 vs 0.158.
+    assert scores["cause"][0] > scores["hstu"][0] + 0.02, scores
+    assert scores["cause"][1] > scores["hstu"][1], scores

@@ -1,0 +1,74 @@
+"""A corrupt or incompatible bundle fails at load with a message naming the file and the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.bundle import load_bundle
+from service.errors import BundleError
+from service.runtime import load_model
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+
+
+def _edit_manifest(bundle: Path, **changes: object) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_good_bundle_loads_from_a_copied_location(bundle_copy: Path) -> None:
+    model = load_model(bundle_copy, device="cpu")  # paths are relative: a moved bundle still loads
+    assert model.version == json.loads((bundle_copy / "manifest.json").read_text())["version"]
+    assert model.engine.device == "cpu"
+
+
+def test_missing_file(bundle_copy: Path) -> None:
+    (bundle_copy / "history.onnx").unlink()
+    with pytest.raises(BundleError, match=r"history\.onnx: missing"):
+        load_bundle(bundle_copy)
+
+
+def test_corrupt_graph_fails_its_checksum(bundle_copy: Path) -> None:
+    with (bundle_copy / "model.onnx").open("r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match=r"model\.onnx: checksum does not match"):
+        load_bundle(bundle_copy)
+
+
+def test_wrong_opset(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, opset=9)
+    with pytest.raises(BundleError, match="opset 9 not supported"):
+        load_bundle(bundle_copy)
+
+
+def test_newer_format(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, format_version=99)
+    with pytest.raises(BundleError, match="bundle format 99"):
+        load_bundle(bundle_copy)
+
+
+def test_manifest_disagrees_with_catalog(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, num_items=5)
+    with pytest.raises(BundleError, match="manifest says 5"):
+        load_bundle(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"manifest\.json: missing"):
+        load_bundle(tmp_path)
+
+
+def test_garbage_manifest(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").write_text('{"version": 3}')
+    with pytest.raises(BundleError, match="invalid manifest"):
+        load_bundle(bundle_copy)
