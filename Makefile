@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration results bench loadtest serve clean
+.PHONY: install demo test lint typecheck unit integration results bench bench-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ integration: install
 results: install
 	$(BIN)/python -m model.results --data-dir ../shared/data/ml-100k --out docs/results
 
-## Offline latency benchmark of an exported bundle (writes JSON).
+## Offline model latency, CAUSE vs HSTU-full (writes loadtests/results/bench_model.json).
 bench: install
-	$(BIN)/causerec bench-model --out loadtests/results/bench_model.json
+	$(BIN)/python -m loadtests.bench_model
+
+## Redis bytes per user and backfill events/s (writes loadtests/results/store.json).
+bench-store: install
+	$(BIN)/python -m loadtests.store_bench
 
 clean:
 	rm -rf $(VENV) runs bundles .pytest_cache .mypy_cache .ruff_cache

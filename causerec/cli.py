@@ -45,7 +45,8 @@ def _load(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
             **spec.get("options", {}),
         )
     except DatasetError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)  # whole: a path must not be cut off
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -67,8 +67,13 @@ def main() -> None:
         root = Path(tmp)
         # Sizes and rates do not depend on the weights: one short epoch gives a bundle of the right shapes
         # whose catalogue covers every item of the data.
-        train(data, {"mode": "cause", "recent_len": 64, "num_buckets": 8, "bucket_size": 32, "d_model": 64},
-              TrainConfig(epochs=1, samples_per_user=1, max_eval_users=64), root / "run", progress=False)
+        train(
+            data,
+            {"mode": "cause", "recent_len": 64, "num_buckets": 8, "bucket_size": 32, "d_model": 64},
+            TrainConfig(epochs=1, samples_per_user=1, max_eval_users=64),
+            root / "run",
+            progress=False,
+        )
         export_bundle(root / "run", root / "bundle")
         with EmbeddedRedis(root / "redis", appendfsync="always") as server:
             report: dict[str, Any] = asyncio.run(backfill(root / "bundle", data, server.url, "bench"))

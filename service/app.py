@@ -28,6 +28,7 @@ from service.errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext, request_id
 from service.recommend import Recommender
@@ -81,6 +82,7 @@ def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level)
     metrics = Metrics()
 
     @asynccontextmanager

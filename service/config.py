@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     )
     write_keys: list[SecretStr] = Field(default_factory=list, description="keys for /events and /recommend")
     admin_keys: list[SecretStr] = Field(default_factory=list, description="keys for everything incl. reload")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="causerec log level")
     noop_route: bool = Field(False, description="expose POST /noop, the HTTP floor for load tests")
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from model.bundle_format import HISTORY_GRAPH, RANKING_GRAPH
 from service.bundle import Bundle
 from service.errors import BundleError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("causerec.engine")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -62,7 +62,9 @@ class Ranked:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 1) -> None:
+    def __init__(
+        self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 1, io_binding: bool | None = None
+    ) -> None:
         self.bundle = bundle
         m = bundle.manifest
         self.ranker = make_session(str(bundle.path / RANKING_GRAPH), device, intra_op_threads)
@@ -72,6 +74,9 @@ class Engine:
             else None
         )
         self.device = "cuda" if CUDA in self.ranker.get_providers() else "cpu"
+        # On CUDA, inputs are copied to the device once at bind time and only the k ids and scores
+        # come back; the (batch, num_items) score matrix never leaves the GPU. Default: on for CUDA.
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         self.input_names = {i.name for i in self.ranker.get_inputs()}
         self.length_buckets = m.length_buckets
         self.num_buckets, self.d_model = m.num_buckets, m.d_model
@@ -132,12 +137,25 @@ class Engine:
     def rank(self, users: list[UserFeatures], k: int) -> list[Ranked]:
         """Top-k per user in one graph call; excluded items never appear."""
         k = min(k, self.bundle.manifest.num_items)
-        scores, ids = self.ranker.run(["scores", "ids"], self.batch_inputs(users, k))
+        scores, ids = self._run_ranker(self.batch_inputs(users, k))
         out = []
         for s, i in zip(scores, ids, strict=True):
             keep = np.isfinite(s)  # fewer than k candidates left after exclusions
             out.append(Ranked(i[keep].astype(np.int64), s[keep].astype(np.float32)))
         return out
+
+    def _run_ranker(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if not self.io_binding:
+            scores, ids = self.ranker.run(["scores", "ids"], feeds)
+            return scores, ids
+        binding = self.ranker.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("scores", "cpu")
+        binding.bind_output("ids", "cpu")
+        self.ranker.run_with_iobinding(binding)
+        scores, ids = binding.copy_outputs_to_cpu()
+        return scores, ids
 
     def warmup(self) -> None:
         """Run every padded length once so the first real request pays no allocation cost."""

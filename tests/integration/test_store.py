@@ -207,3 +207,25 @@ def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(redis_serv
         assert snaps[5].tokens is None
 
     run(_with_store(redis_server.url, prefix, go))
+
+
+def test_bulk_recompute_moves_every_user_to_the_new_model(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    events = [
+        NewEvent(f"bulk{u}", 1 + (u * 31 + i * 7) % 300, 1, 100 * i) for u in range(30) for i in range(20)
+    ]
+    new_model = replace(loaded.view, version="bulk-version-00")
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(loaded.view, events, now=0.0)
+        assert await store.recompute_all(new_model, now=0.0, batch=7) == 30
+        for u in range(30):
+            _, _, tokens = await _raw_state(store, f"bulk{u}")
+            assert tokens.version == "bulk-version-00"
+        before = (await store.redis.info("stats"))["total_commands_processed"]
+        await store.read(new_model, [f"bulk{u}" for u in range(30)], now=0.0)
+        after = (await store.redis.info("stats"))["total_commands_processed"]
+        assert after - before == 2 * 30 + 1  # fresh tokens: no rebuild on read
+
+    run(_with_store(redis_server.url, prefix, go))

@@ -101,3 +101,23 @@ def test_store_path_history_tokens_match_torch(tiny_run, tiny_bundle, tiny_datas
                 torch.from_numpy(batch["bucket_items"]), torch.from_numpy(batch["bucket_cats"])
             )[0].numpy()
         np.testing.assert_allclose(got, expected[: len(buckets)], atol=1e-5)
+
+
+def test_io_binding_path_gives_the_same_top_k(tiny_bundle, tiny_dataset):  # type: ignore[no-untyped-def]
+    """The IO-binding path (the default on CUDA) runs on the CPU provider too: same answers."""
+    bundle = load_bundle(tiny_bundle)
+    plain, bound = Engine(bundle, device="cpu"), Engine(bundle, device="cpu", io_binding=True)
+    rng = np.random.default_rng(0)
+    users = [
+        UserFeatures(
+            int(rng.integers(0, 100)),
+            rng.integers(1, 300, n),
+            rng.integers(1, 3, n),
+            np.sort(rng.integers(0, 10**6, n)),
+            seen=rng.integers(1, 300, 3),
+        )
+        for n in (0, 3, 8)
+    ]
+    for a, b in zip(plain.rank(users, 10), bound.rank(users, 10), strict=True):
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_array_equal(a.scores, b.scores)

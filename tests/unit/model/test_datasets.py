@@ -87,3 +87,28 @@ def test_bad_files_name_the_file_and_line(
 
 def test_every_adapter_is_listed() -> None:
     assert set(ADAPTERS) == {"ml-100k", "ml-1m", "ml-20m", "csv", "synthetic"}
+
+
+def test_ml1m_and_ml20m_formats_load(tmp_path: Path) -> None:
+    """The same canonical table from both MovieLens layouts (ml-20m's also serves ml-latest)."""
+    ratings = [(u, m, r, 1000 + 10 * u + m) for u in (1, 2) for m in range(1, 8) for r in (5,)]
+    one = tmp_path / "1m"
+    one.mkdir()
+    _write(one / "ratings.dat", "".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in ratings))
+    _write(one / "movies.dat", "".join(f"{m}::Movie {m} (1999)::Drama|Comedy\n" for m in range(1, 8)))
+    twenty = tmp_path / "20m"
+    twenty.mkdir()
+    _write(
+        twenty / "ratings.csv",
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r}.0,{t}\n" for u, m, r, t in ratings),
+    )
+    _write(
+        twenty / "movies.csv",
+        "movieId,title,genres\n" + "".join(f'{m},"Movie, {m} (1999)",Drama|Comedy\n' for m in range(1, 8)),
+    )
+    a, b = load_dataset("ml-1m", one), load_dataset("ml-20m", twenty)
+    for d in (a, b):
+        assert (d.num_users, d.num_items, len(d.categories)) == (2, 7, 2)
+        assert d.actions.to_list() == ["5"]
+    assert np.array_equal(a.item, b.item)
+    assert np.array_equal(a.ts, b.ts)
