@@ -52,7 +52,7 @@ def second_bundle(tmp_path_factory, tiny_dataset):  # type: ignore[no-untyped-de
 @pytest.fixture(scope="session")
 def api(tiny_bundle, redis_server, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The service with API keys, a small body limit and the no-op route, on a real Redis."""
-    from tests.integration.service_process import ServiceProcess
+    from loadtests.service_process import ServiceProcess
 
     proc = ServiceProcess(
         tiny_bundle,

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
+from loadtests.service_process import ServiceProcess
 from service.redis_server import EmbeddedRedis
-from tests.integration.service_process import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

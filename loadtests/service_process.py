@@ -1,4 +1,6 @@
-"""Run the real service in a uvicorn subprocess on a free port (what `causerec serve` runs)."""
+"""Run the real service in a uvicorn subprocess on a free port (what `causerec serve` runs).
+
+Shared by the integration tests and the load-test runner."""
 
 from __future__ import annotations
 
@@ -15,12 +17,19 @@ from service.redis_server import free_port
 
 class ServiceProcess:
     def __init__(
-        self, bundle: Path, redis_url: str, log_path: Path, wait_ready: bool = True, **settings: str
+        self,
+        bundle: Path,
+        redis_url: str,
+        log_path: Path,
+        wait_ready: bool = True,
+        workers: int = 1,
+        **settings: str,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.wait_ready = wait_ready
+        self.workers = workers
         self.env = {
             **os.environ,
             "CAUSEREC_BUNDLE": str(bundle),
@@ -45,6 +54,9 @@ class ServiceProcess:
                 str(self.port),
                 "--log-level",
                 "info",
+                "--no-access-log",
+                "--workers",
+                str(self.workers),
             ],
             env=self.env,
             stdout=log,

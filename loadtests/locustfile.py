@@ -1,0 +1,98 @@
+"""Locust users for causerec: talk to the service over HTTP only.
+
+    locust -f loadtests/locustfile.py --headless -H http://127.0.0.1:8000 -u 16 -r 16 -t 30s \
+        RecommendUser EventsUser --recommend-weight 9 --events-weight 1 --id-users 10000 --id-items 100000
+
+Ids follow the synthetic generator: users u0..u{N-1}; items from --items-file (the bundle's catalogue)
+or i0..i{M-1}. Name the user classes to
+run (RecommendUser, EventsUser, NoopUser); without names, the weights choose the mix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from typing import Any
+
+from locust import FastHttpUser, constant, events, task
+
+_event_ids = itertools.count()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    parser.add_argument("--id-users", type=int, default=1000, help="known user ids are u0..u{N-1}")
+    parser.add_argument("--id-items", type=int, default=1000, help="known item ids are i0..i{M-1}")
+    parser.add_argument(
+        "--items-file", default="", help="known item ids, one per line (overrides --id-items)"
+    )
+    parser.add_argument("--events-batch", type=int, default=100, help="events per POST /events")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--recommend-weight", type=int, default=9)
+    parser.add_argument("--events-weight", type=int, default=1)
+    parser.add_argument("--api-key", default="", help="sent as X-API-Key when set")
+
+
+ITEMS: list[str] = []
+
+
+@events.init.add_listener
+def _setup(environment: Any, **_: Any) -> None:
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    RecommendUser.weight = opts.recommend_weight
+    EventsUser.weight = opts.events_weight
+    if opts.items_file:
+        with open(opts.items_file) as fh:
+            ITEMS.extend(line.strip() for line in fh if line.strip())
+    else:
+        ITEMS.extend(f"i{n}" for n in range(opts.id_items))
+
+
+class _Base(FastHttpUser):
+    abstract = True
+    wait_time = constant(0)  # closed loop: each simulated user sends its next request at once
+
+    def headers(self) -> dict[str, str]:
+        key = self.environment.parsed_options.api_key
+        return {"X-API-Key": key} if key else {}
+
+
+class RecommendUser(_Base):
+    @task
+    def recommend(self) -> None:
+        opts = self.environment.parsed_options
+        body = {"user_id": f"u{random.randrange(opts.id_users)}", "k": opts.k}
+        self.client.post("/recommend", json=body, headers=self.headers(), name="/recommend")
+
+
+class EventsUser(_Base):
+    @task
+    def post_events(self) -> None:
+        opts = self.environment.parsed_options
+        now = time.time()
+        batch = [
+            {
+                "user_id": f"u{random.randrange(opts.id_users)}",
+                "item_id": random.choice(ITEMS),
+                "action": random.choice(("view", "like")),
+                "timestamp": now,
+                "event_id": f"lt-{next(_event_ids)}-{random.getrandbits(32)}",
+            }
+            for _ in range(opts.events_batch)
+        ]
+        with self.client.post(
+            "/events", json={"events": batch}, headers=self.headers(), name="/events", catch_response=True
+        ) as response:
+            if response.status_code == 422:  # an id outside the catalogue would be our bug, not the server's
+                response.failure(response.text[:200])
+
+
+class NoopUser(_Base):
+    weight = 1
+
+    @task
+    def noop(self) -> None:
+        self.client.post("/noop", json={}, name="/noop")
