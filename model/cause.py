@@ -35,6 +35,11 @@ class CauseRecommender(nn.Module):
         if cfg.mode == "cause":
             self.bucket_emb = nn.Embedding(cfg.num_categories + 1, d)
             self.align = nn.Linear(d, d) if cfg.use_align else nn.Identity()
+            if isinstance(self.align, nn.Linear):
+                # Start as the identity: a default-initialised bias (up to 1/sqrt(d)) is several times
+                # the embedding scale and would make every bucket token nearly the same vector.
+                nn.init.eye_(self.align.weight)
+                nn.init.zeros_(self.align.bias)
         if cfg.separators:
             self.sep = nn.Parameter(torch.zeros(d))
         self.input_dropout = nn.Dropout(cfg.dropout)

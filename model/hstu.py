@@ -26,23 +26,31 @@ def log_time_bucket(gap_s: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return (torch.log(gap) / 0.301).floor().clamp(max=num_buckets - 1).to(torch.int64)
 
 
+def relative_indices(
+    positions: torch.Tensor, ts: torch.Tensor, max_rel_pos: int, num_time_buckets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions, ts (B, T) int64 -> (relative position, time bucket), each (B, T, T) int64.
+
+    Computed once per forward and shared by every layer: the log-bucketing over B x T x T pairs
+    is a large share of the cost of a short sequence.
+    """
+    rel = (positions[:, :, None] - positions[:, None, :]).clamp(0, max_rel_pos - 1)
+    return rel, log_time_bucket(ts[:, :, None] - ts[:, None, :], num_time_buckets)
+
+
 class RelativeBias(nn.Module):
     """rab(i, j) = w_pos[pos_i - pos_j] + w_time[bucket(ts_i - ts_j)], shared across heads."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.max_rel_pos = cfg.max_rel_pos
-        self.num_time_buckets = cfg.num_time_buckets
         self.pos = nn.Embedding(cfg.max_rel_pos, 1)
         self.time = nn.Embedding(cfg.num_time_buckets, 1)
         nn.init.zeros_(self.pos.weight)
         nn.init.zeros_(self.time.weight)
 
-    def forward(self, positions: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """positions, ts: (B, T) int64 -> (B, 1, T, T) float."""
-        rel = (positions[:, :, None] - positions[:, None, :]).clamp(0, self.max_rel_pos - 1)
-        gaps = log_time_bucket(ts[:, :, None] - ts[:, None, :], self.num_time_buckets)
-        return (self.pos(rel) + self.time(gaps)).squeeze(-1).unsqueeze(1)
+    def forward(self, rel_pos: torch.Tensor, time_bucket: torch.Tensor) -> torch.Tensor:
+        """(B, T, T) int64 indices -> (B, 1, T, T) float."""
+        return (self.pos(rel_pos) + self.time(time_bucket)).squeeze(-1).unsqueeze(1)
 
 
 class HSTULayer(nn.Module):
@@ -60,16 +68,16 @@ class HSTULayer(nn.Module):
         self,
         x: torch.Tensor,
         attn_mask: torch.Tensor,
-        n_valid: torch.Tensor,
-        positions: torch.Tensor,
-        ts: torch.Tensor,
+        scaled_mask: torch.Tensor,
+        rel_pos: torch.Tensor,
+        time_bucket: torch.Tensor,
     ) -> torch.Tensor:
-        """x (B, T, D); attn_mask (B, 1, T, T) float 0/1 (causal and valid); n_valid (B,)."""
+        """x (B, T, D); scaled_mask (B, 1, T, T): the causal-and-valid mask / number of valid tokens."""
         b, t, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)  # each (B, T, D)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = q @ k.transpose(-1, -2) + self.rab(positions, ts)  # (B, H, T, T)
-        weights = F.silu(scores) * attn_mask / n_valid.view(b, 1, 1, 1)
+        scores = q @ k.transpose(-1, -2) + self.rab(rel_pos, time_bucket)  # (B, H, T, T)
+        weights = F.silu(scores) * scaled_mask
         attended = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         return x + self.out(self.dropout(u * self.norm_attn(attended)))
 
@@ -93,9 +101,9 @@ class SoftmaxLayer(nn.Module):
         self,
         x: torch.Tensor,
         attn_mask: torch.Tensor,
-        n_valid: torch.Tensor,
-        positions: torch.Tensor,
-        ts: torch.Tensor,
+        scaled_mask: torch.Tensor,
+        rel_pos: torch.Tensor,
+        time_bucket: torch.Tensor,
     ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = (
@@ -112,6 +120,7 @@ class SoftmaxLayer(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.max_rel_pos, self.num_time_buckets = cfg.max_rel_pos, cfg.num_time_buckets
         layer = HSTULayer if cfg.backbone == "hstu" else SoftmaxLayer
         self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -124,6 +133,8 @@ class Backbone(nn.Module):
         attn_mask = mask2d.unsqueeze(1).to(x.dtype)  # (B, 1, T, T)
         positions = valid.to(torch.int64).cumsum(1)  # valid-token positions: padding-invariant
         n_valid = valid.sum(1).clamp(min=1).to(x.dtype)
+        scaled_mask = attn_mask / n_valid.view(-1, 1, 1, 1)
+        rel_pos, time_bucket = relative_indices(positions, ts, self.max_rel_pos, self.num_time_buckets)
         for layer in self.layers:
-            x = layer(x, attn_mask, n_valid, positions, ts)
+            x = layer(x, attn_mask, scaled_mask, rel_pos, time_bucket)
         return self.norm(x)
