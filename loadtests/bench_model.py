@@ -2,12 +2,13 @@
 
     python -m loadtests.bench_model --out loadtests/results/bench_model.json
 
-For each history length (256, 1,024, 2,048 events) and batch size (1, 32, 256) it times one call
+For each history length (256, 512, 1,024, 2,048 events) and batch size (1, 32, 256) it times one call
 of the exported ranking graph (scoring against the whole catalogue and top-k inside) in ONNX
 Runtime and of the same module in PyTorch eager, on random weights (latency does not depend on
 them). CAUSE's input does not grow with the history (1 + 8 + 2 x 64 = 137 tokens); HSTU-full's does
 (1 + 2 x n). Configurations whose attention scores alone would exceed ``--max-attention-gb`` are
 recorded as skipped with the memory they would need, rather than run. Medians over repeated calls.
+Writes the JSON and a PNG of ms per call against history length.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--histories", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--histories", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
@@ -168,6 +169,42 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """ms per call against history length, both modes, ONNX Runtime: the paper's Figure 1 in our stack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (mode, batch) in enumerate([("cause", 1), ("hstu-full", 1), ("cause", 32), ("hstu-full", 32)]):
+        pts = sorted(
+            (r["history_events"], r["ms_median"])
+            for r in rows
+            if r["mode"] == mode
+            and r["batch"] == batch
+            and r["runtime"] == "onnxruntime"
+            and "ms_median" in r
+        )
+        if pts:
+            ax.plot(
+                *zip(*pts, strict=True),
+                "o-" if batch == 1 else "s--",
+                color=f"C{i % 2}",
+                label=f"{mode}, batch {batch}",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("history length (events)")
+    ax.set_ylabel("ms per call (ONNX Runtime, CPU)")
+    ax.set_title("Model cost vs history length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -53,19 +53,16 @@ STATUS: dict[type[CauserecError], tuple[int, dict[str, str]]] = {
 
 def _redis_client(settings: Settings) -> Redis:
     timeout = settings.redis_timeout_s
+    common = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "max_connections": settings.redis_max_connections,
+    }
     if settings.redis_cluster:
-        return RedisCluster.from_url(  # type: ignore[return-value]
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=settings.redis_max_connections,
-        )
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        max_connections=settings.redis_max_connections,
-    )
+        return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[arg-type,return-value]
+    # A blocking pool waits (up to the timeout) for a free connection under bursts instead of failing.
+    pool = BlockingConnectionPool.from_url(settings.redis_url, timeout=timeout, **common)
+    return Redis(connection_pool=pool)
 
 
 def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:

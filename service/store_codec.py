@@ -77,7 +77,7 @@ def decode_recent(blob: bytes) -> Recent:
     if fmt != SCHEMA:
         raise ValueError(f"recent window format {fmt}, expected {SCHEMA}")
     rec = np.frombuffer(blob, EVENT, offset=_RECENT_HEAD.size)
-    events = [Event(int(t), int(s), int(i), int(a)) for t, s, i, a in rec.tolist()]
+    events = list(map(Event._make, rec.tolist()))  # tolist() already yields Python ints
     return Recent(next_seq, history_seq, length, g, events)
 
 
@@ -88,7 +88,7 @@ def encode_bucket(entries: list[tuple[tuple[int, int], int]]) -> bytes:
 
 
 def decode_bucket(blob: bytes) -> list[tuple[tuple[int, int], int]]:
-    return [((int(t), int(s)), int(i)) for t, s, i in np.frombuffer(blob, BUCKET_ITEM).tolist()]
+    return [((t, s), i) for t, s, i in np.frombuffer(blob, BUCKET_ITEM).tolist()]
 
 
 # ---- history tokens -----------------------------------------------------------------------------
