@@ -34,6 +34,10 @@ def _data_spec(
     }
 
 
+def _synthetic(users: int | None, items: int | None, events: int | None, seed: int) -> dict[str, Any]:
+    return {"num_users": users, "num_items": items, "events_per_user": events, "seed": seed}
+
+
 def _load(spec: dict[str, Any]):  # type: ignore[no-untyped-def]
     from model.data import DatasetError, load_dataset
 
@@ -97,12 +101,7 @@ def train(
 
     options = {"min_rating": min_rating} if dataset.startswith("ml-") else {}
     if dataset == "synthetic":
-        options = {
-            "num_users": synthetic_users,
-            "num_items": synthetic_items,
-            "events_per_user": synthetic_events,
-            "seed": seed,
-        }
+        options = _synthetic(synthetic_users, synthetic_items, synthetic_events, seed)
     spec = _data_spec(dataset, data_dir, categories_csv, **options)
     data = _load(spec)
     cfg = TrainConfig(
@@ -256,14 +255,9 @@ def load_events(
 
     from causerec.backfill import backfill
 
-    options = {}
-    if dataset == "synthetic":
-        options = {
-            "num_users": synthetic_users,
-            "num_items": synthetic_items,
-            "events_per_user": synthetic_events,
-            "seed": seed,
-        }
+    options = (
+        _synthetic(synthetic_users, synthetic_items, synthetic_events, seed) if dataset == "synthetic" else {}
+    )
     data = _load(_data_spec(dataset, data_dir, None, **options))
     report = asyncio.run(backfill(bundle, data, redis_url, key_prefix, users_per_batch))
     print(json.dumps(report))

@@ -19,16 +19,9 @@ from model.bundle_format import (
     OPSET,
     RANKING_GRAPH,
     Manifest,
+    file_sha256,
 )
 from model.train import load_model
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def length_buckets(recent_len: int, smallest: int = 8) -> list[int]:
@@ -59,7 +52,7 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
         if cfg.mode == "cause":
             export_history_graph(model, staging / HISTORY_GRAPH)
         shutil.copy(run_dir / CATALOG, staging / CATALOG)
-        files = {p.name: sha256(p) for p in sorted(staging.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         version = hashlib.sha256("".join(f"{n}:{h}" for n, h in files.items()).encode()).hexdigest()[:16]
         manifest = Manifest(
             format_version=FORMAT_VERSION,

@@ -6,6 +6,9 @@ copied to another machine loads there unchanged.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 FORMAT_VERSION = 1
@@ -34,6 +37,15 @@ RANK_INPUTS = (
 RANK_OUTPUTS = ("scores", "ids")
 HISTORY_INPUTS = ("bucket_items", "bucket_cats")
 HISTORY_OUTPUTS = ("tokens",)
+
+
+def file_sha256(path: Path) -> str:
+    """The checksum the manifest records for every file of a bundle."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Manifest(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,16 +18,9 @@ from model.bundle_format import (
     SUPPORTED_OPSETS,
     Catalog,
     Manifest,
+    file_sha256,
 )
 from service.errors import BundleError
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ def load_bundle(path: str | Path) -> Bundle:
         file = root / name
         if not file.is_file():
             raise BundleError(f"{file}: missing")
-        if _sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise BundleError(f"{file}: checksum does not match the manifest (corrupt or modified)")
     try:
         catalog = Catalog.model_validate_json((root / CATALOG).read_bytes())

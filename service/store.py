@@ -130,6 +130,11 @@ class Store:
         self.per_user_transactions = per_user_transactions
         # Store-wide: each per-user transaction holds a pooled connection while it WATCHes.
         self._per_user_slots = asyncio.Semaphore(per_user_concurrency)
+        # Writes from one process are serialised: the append path is CPU-bound on one event loop,
+        # so concurrent appends gain no parallelism and only make each other's WATCH fail.
+        # Optimistic transactions still guard against other workers and replicas.
+        self._writes = asyncio.Lock()
+        self.conflicts = 0  # transactions aborted by a concurrent write (then retried)
 
     def keys(self, user_id: str) -> UserKeys:
         return user_keys(self.prefix, user_id)
@@ -206,6 +211,12 @@ class Store:
         """One transaction for the whole batch when nobody else writes these users (4 round trips
         for any number of users); on a conflict, one transaction per user, so a single contended
         user never makes the whole batch retry."""
+        async with self._writes:
+            return await self._transact_unlocked(model, by_user, now)
+
+    async def _transact_unlocked(
+        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
+    ) -> list[_Pending]:
         if not self.per_user_transactions and len(by_user) > 1:
             batched = await self._transact_group(model, by_user, now, attempts=1)
             if batched is not None:
@@ -238,6 +249,7 @@ class Store:
                     return pending
             except WatchError:
                 # Another writer touched one of these users: re-read and recompute.
+                self.conflicts += 1
                 if attempt + 1 < attempts:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
             except RedisConnectionError as exc:

@@ -53,6 +53,17 @@ async def _raw_state(store: Store, user: str) -> tuple:  # type: ignore[type-arg
     return recent, buckets, decode_tokens(tok) if tok else None
 
 
+_PROCESSES: dict[int, list[Store]] = {}
+
+
+def processes(store: Store) -> list[Store]:
+    """Five stores on one connection pool, each with its own write lock: like five worker processes."""
+    key = id(store)
+    if key not in _PROCESSES:
+        _PROCESSES[key] = [store] + [Store(store.redis, prefix=store.prefix) for _ in range(4)]
+    return _PROCESSES[key]
+
+
 def _expected_tokens(torch_model, buckets) -> np.ndarray:  # type: ignore[no-untyped-def]
     g = torch_model.cfg.bucket_size
     items = torch.zeros(1, max(len(buckets), 1), g, dtype=torch.int64)
@@ -110,12 +121,14 @@ def test_incremental_store_equals_batch_rule_and_torch_tokens(
 
 
 def test_concurrent_writers_lose_nothing(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
-    """50 writers x 20 single-event appends on one user: 1,000 events, each exactly once."""
+    """50 writers x 20 single-event appends on one user, spread over 5 "processes" (stores with their
+    own write lock) so that WATCH conflicts really happen: 1,000 events, each exactly once."""
     user = "hot-user"
     writers, per_writer = 50, 20
     ts = {(w, i): 1_000_000 + w * per_writer + i for w in range(writers) for i in range(per_writer)}
 
     async def writer(store: Store, w: int) -> None:
+        store = processes(store)[w % 5]
         for i in range(per_writer):
             ev = NewEvent(user, 1 + (w * 7 + i) % 300, 1 + i % 2, ts[w, i], event_id=f"w{w}-{i}")
             result = await store.append(loaded.view, [ev], now=time.time())
@@ -123,6 +136,7 @@ def test_concurrent_writers_lose_nothing(redis_server, prefix, loaded, torch_mod
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
         await asyncio.gather(*(writer(store, w) for w in range(writers)))
+        assert sum(s.conflicts for s in processes(store)) > 0  # the WATCH path really ran
         recent, buckets, tokens = await _raw_state(store, user)
         assert recent.next_seq == writers * per_writer
         assert await store.redis.zcard(store.keys(user).dedup) == writers * per_writer
@@ -232,8 +246,8 @@ def test_bulk_recompute_moves_every_user_to_the_new_model(redis_server, prefix, 
 
 
 def test_concurrent_batches_over_overlapping_users_lose_nothing(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
-    """20 concurrent batches of 30 events over the same 10 users: every batch conflicts with others,
-    falls back to per-user transactions, and every event lands exactly once."""
+    """20 concurrent batches of 30 events over the same 10 users from 5 "processes": batches conflict,
+    fall back to per-user transactions, and every event lands exactly once."""
     import random
 
     rng = random.Random(0)
@@ -247,8 +261,12 @@ def test_concurrent_batches_over_overlapping_users_lose_nothing(redis_server, pr
             expected[e.user_id] = expected.get(e.user_id, 0) + 1
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        results = await asyncio.gather(*(store.append(loaded.view, b, now=0.0) for b in batches))
+        stores = processes(store)
+        results = await asyncio.gather(
+            *(stores[n % 5].append(loaded.view, b, now=0.0) for n, b in enumerate(batches))
+        )
         assert sum(r.accepted for r in results) == 600
+        assert sum(s.conflicts for s in stores) > 0  # the WATCH path really ran
         for user, count in expected.items():
             recent, _, _ = await _raw_state(store, user)
             assert recent.next_seq == count

@@ -1,0 +1,63 @@
+"""What can be checked of the deployment files without a Docker engine (none exists here or in CI)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
+
+
+def test_every_service_has_a_healthcheck_and_a_pinned_image() -> None:
+    services = _compose()["services"]
+    assert set(services) >= {"redis", "trainer", "api", "api-gpu", "locust"}
+    for name, svc in services.items():
+        assert "healthcheck" in svc, name
+        image = svc["image"]
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), f"{name}: image {image!r} has no pinned tag"
+        assert not image.endswith(":latest"), name
+
+
+def test_redis_is_persistent_password_protected_and_not_published() -> None:
+    redis = _compose()["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert "--requirepass" in command
+    assert "ports" not in redis
+    assert any(v.startswith("redis-data:") for v in redis["volumes"])
+
+
+def test_api_waits_for_redis_and_scales_out_and_gpu_is_a_profile() -> None:
+    services = _compose()["services"]
+    assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "replicas" in services["api"]["deploy"]
+    assert services["api-gpu"]["profiles"] == ["gpu"]
+    assert services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["trainer"]["profiles"] == ["train"]
+    assert services["locust"]["profiles"] == ["loadtest"]
+
+
+def test_env_example_documents_every_variable_compose_reads() -> None:
+    used = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text()))
+    documented = {
+        line.split("=")[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert used <= documented, used - documented
+
+
+def test_serving_image_runs_causerec_serve_as_non_root_with_a_readiness_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    serving = text.split("AS serving", 1)[1].split("AS trainer", 1)[0]
+    assert "USER causerec" in serving
+    assert "/readyz" in serving
+    assert 'ENTRYPOINT ["causerec", "serve"' in serving
+    assert "torch" not in serving.replace("'torch' not in sys.modules", "")
