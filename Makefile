@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration results bench bench-store clean
+.PHONY: install demo test lint typecheck unit integration results bench bench-store loadtest export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ unit: install
 integration: install
 	$(BIN)/pytest -q tests/integration
 
-## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores).
+## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores; resumable).
 results: install
 	$(BIN)/python -m model.results --data-dir ../shared/data/ml-100k --out docs/results
 
@@ -49,6 +49,19 @@ bench: install
 ## Redis bytes per user and backfill events/s (writes loadtests/results/store.json).
 bench-store: install
 	$(BIN)/python -m loadtests.store_bench
+
+## Load test: floor vs CAUSE vs HSTU-full vs /events (PRESET=ci|small|default; writes loadtests/results/).
+PRESET ?= small
+loadtest: install
+	$(BIN)/python -m loadtests.run --preset $(PRESET)
+
+## Export a run directory to a bundle: make export RUN=runs/c16 BUNDLE=bundles/c16
+export: install
+	$(BIN)/causerec export $(RUN) --out $(BUNDLE)
+
+## Serve a bundle (embedded Redis unless CAUSEREC_REDIS_URL is set): make serve BUNDLE=bundles/c16
+serve: install
+	$(BIN)/causerec serve --bundle $(BUNDLE)
 
 clean:
 	rm -rf $(VENV) runs bundles .pytest_cache .mypy_cache .ruff_cache

@@ -207,14 +207,14 @@ def _embedded_redis(data_dir: Path) -> Any:
 
 @app.command()
 def serve(
-    bundle: Path = typer.Option(..., help="bundle directory"),
+    bundle: Path = typer.Option(..., help="bundle directory", envvar="CAUSEREC_BUNDLE"),
     redis_url: str | None = typer.Option(
-        None, help="Redis URL; without it an embedded redis-server is started"
+        None, help="Redis URL; without it an embedded redis-server is started", envvar="CAUSEREC_REDIS_URL"
     ),
     redis_data: Path = typer.Option(Path(".causerec/redis"), help="data folder of the embedded redis-server"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    workers: int = typer.Option(1, min=1),
+    workers: int = typer.Option(1, min=1, envvar="CAUSEREC_WORKERS", help="uvicorn worker processes"),
 ) -> None:
     """Serve the API with uvicorn (settings: CAUSEREC_* variables, see service/config.py)."""
     import uvicorn
