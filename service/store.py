@@ -91,11 +91,17 @@ class _Pending:
     old_tokens: Tokens | None
     dedup_scores: list[float | None]
     state: UserState = field(init=False)
+    rebuild: bool = False  # stored tokens unusable for this model: rebuild from all buckets
     new_recent: Recent | None = None
     new_tokens: Tokens | None = None
     evicted: list[Event] = field(default_factory=list)
     accepted: list[NewEvent] = field(default_factory=list)
     duplicates: int = 0
+
+
+def tokens_fresh(tokens: Tokens | None, model: ModelView, recent: Recent) -> bool:
+    """The one rule for serving stored tokens: same model version and same history state."""
+    return tokens is not None and (tokens.version, tokens.history_seq) == (model.version, recent.history_seq)
 
 
 def _buckets_to_arrays(buckets: list[Bucket], g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,10 +174,7 @@ class Store:
             tokens = decode_tokens(tok_blob) if tok_blob else None
             if model.num_buckets == 0 or recent is None or recent.history_seq == 0:
                 tokens = None  # no history to compress (yet)
-            elif tokens is None or (tokens.version, tokens.history_seq) != (
-                model.version,
-                recent.history_seq,
-            ):
+            elif not tokens_fresh(tokens, model, recent):
                 stale[k] = i
             snaps.append(Snapshot(user, recent, tokens))
         if stale:
@@ -307,7 +310,8 @@ class Store:
         fetch = self.redis.pipeline(transaction=False)
         plan: list[tuple[_Pending, list[int] | None]] = []
         for p in pending:
-            if self._needs_rebuild(model, p):
+            p.rebuild = self._needs_rebuild(model, p)
+            if p.rebuild:
                 fetch.hgetall(p.keys.buckets)
                 plan.append((p, None))
             elif p.evicted:
@@ -323,20 +327,19 @@ class Store:
             else:
                 p.state.buckets = {c: decode_bucket(b) for c, b in zip(cats, reply, strict=True) if b}
 
-    def _needs_rebuild(self, model: ModelView, p: _Pending) -> bool:
+    @staticmethod
+    def _needs_rebuild(model: ModelView, p: _Pending) -> bool:
         """Whether the stored tokens cannot be updated incrementally for this model."""
-        if model.num_buckets == 0:
-            return False
-        t = p.old_tokens
-        has_history = p.recent.history_seq > 0
-        return has_history and (
-            t is None or t.version != model.version or t.history_seq != p.recent.history_seq
+        return (
+            model.num_buckets > 0
+            and p.recent.history_seq > 0
+            and not tokens_fresh(p.old_tokens, model, p.recent)
         )
 
     def _queue_writes(self, tx: Any, model: ModelView, pending: list[_Pending], now: float) -> None:
         jobs: list[_TokenJob] = []
         for p in pending:
-            rebuild = self._needs_rebuild(model, p)
+            rebuild = p.rebuild
             touched: set[int] = set()
             for e in p.evicted:
                 touched |= p.state.add_to_history(e, model.categories_of)
@@ -347,6 +350,10 @@ class Store:
                 tx.set(p.keys.recent, encode_recent(p.new_recent))
             if touched:
                 tx.hset(p.keys.buckets, mapping={str(c): encode_bucket(p.state.buckets[c]) for c in touched})
+            if model.num_buckets and not (touched or rebuild) and p.recent.history_seq > 0:
+                # Still fresh (a concurrent writer may have refreshed them since a reader saw them
+                # stale): hand them back, or a repairing reader would lose the user's history.
+                p.new_tokens = p.old_tokens
             if model.num_buckets and (touched or rebuild):
                 old = None if rebuild else p.old_tokens
                 reuse = (

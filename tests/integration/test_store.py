@@ -272,3 +272,18 @@ def test_concurrent_batches_over_overlapping_users_lose_nothing(redis_server, pr
             assert recent.next_seq == count
 
     run(_with_store(redis_server.url, prefix, go))
+
+
+def test_repair_of_already_fresh_tokens_hands_them_back(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+    """A reader saw stale tokens, but a writer refreshed them before its repair ran: the repair must
+    return those tokens, not drop the user's history for the request."""
+    events = [NewEvent("fresh", 1 + i * 17 % 300, 1, 10 * i) for i in range(30)]
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(loaded.view, events, now=0.0)
+        repaired = await store._transact(loaded.view, {store.keys("fresh"): []}, now=0.0)
+        assert repaired[0].new_tokens is not None
+        _, _, stored = await _raw_state(store, "fresh")
+        np.testing.assert_array_equal(repaired[0].new_tokens.tokens, stored.tokens)
+
+    run(_with_store(redis_server.url, prefix, go))
