@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration results bench bench-store loadtest export serve clean
+.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-store loadtest export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ unit: install
 
 integration: install
 	$(BIN)/pytest -q tests/integration
+
+## The documented fuzz run: schemathesis, 1,000 cases per operation and API key (CI runs 50).
+fuzz: install
+	CAUSEREC_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
 ## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores; resumable).
 results: install

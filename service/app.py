@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from starlette.exceptions import HTTPException
 
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -174,6 +175,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.errors.labels(route, "validation").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         return JSONResponse({"detail": detail, "request_id": request_id.get()}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """Framework errors (unparsable body, unknown route, wrong method) in the same shape as ours."""
+        return JSONResponse(
+            {"detail": exc.detail, "request_id": request_id.get()},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

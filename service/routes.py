@@ -23,7 +23,7 @@ from service.schemas import (
 )
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (401, 403, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 401, 403, 413, 422, 503)}
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=[require("read")])
@@ -77,7 +77,11 @@ async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> JS
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus exposition."""
     request.app.state.metrics.queue_depth.set(request.app.state.batcher.depth)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 
 def _id_text(value: Any) -> Any:
@@ -13,9 +13,9 @@ def _id_text(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a string or an integer, not a boolean")
     if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
+        value = str(value)
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = str(int(value))
     if isinstance(value, str):
         if not 1 <= len(value) <= MAX_ID_CHARS:
             raise ValueError(f"must be 1 to {MAX_ID_CHARS} characters long, got {len(value)}")
@@ -25,7 +25,24 @@ def _id_text(value: Any) -> Any:
 
 
 MAX_ID_CHARS = 256
-Id = Annotated[str, BeforeValidator(_id_text)]
+# The published schema states what _id_text enforces, so generated clients (and fuzzers) know it.
+Id = Annotated[
+    str,
+    BeforeValidator(_id_text),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ID_CHARS,
+                    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+                },
+                {"type": "integer"},
+            ]
+        }
+    ),
+]
 
 
 class Strict(BaseModel):
