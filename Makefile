@@ -42,6 +42,10 @@ integration: install
 fuzz: install
 	CAUSEREC_FUZZ_EXAMPLES=1000 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
+## The documented soak: 10 minutes of mixed load, RSS sampled (writes loadtests/results/soak-long.json).
+soak: install
+	$(BIN)/python -m loadtests.soak --preset long
+
 ## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores; resumable).
 results: install
 	$(BIN)/python -m model.results --data-dir ../shared/data/ml-100k --out docs/results

@@ -156,6 +156,46 @@ def test_oversized_body_gets_413(api) -> None:  # type: ignore[no-untyped-def]
     assert _recent_count(api, "big") == 0
 
 
+def _keyspace(url: str) -> dict[bytes, bytes | None]:
+    import redis
+
+    db = redis.Redis.from_url(url)
+    return {k: db.dump(k) for k in db.scan_iter(match="api:*", count=1000)}
+
+
+BAD_EVENTS = [
+    {"user_id": "x" * 10_240, "item_id": "i1", "action": "view"},
+    {"user_id": "ctl\x07", "item_id": "i1", "action": "view"},
+    {"user_id": "ünï☃", "item_id": "i1\u0000", "action": "view"},
+    {"user_id": "u", "item_id": "no-such-item", "action": "view"},
+    {"user_id": "u", "item_id": "i1", "action": "view", "timestamp": -5},
+    {"user_id": "u", "item_id": "i1", "action": "view", "timestamp": 1e300},
+    {"user_id": "u", "item_id": "i1", "action": "view", "timestamp": "yesterday"},
+    {"user_id": ["u"], "item_id": "i1", "action": "view"},
+    {"user_id": "u", "item_id": "i1"},
+    {"user_id": "u", "item_id": "i1", "action": "view", "event_id": "e" * 129},
+]
+
+
+def test_bad_input_gets_4xx_and_changes_nothing_in_redis(api, redis_server) -> None:  # type: ignore[no-untyped-def]
+    good = {"user_id": "careful", "item_id": "i1", "action": "view"}
+    post(api, "/events", {"events": [good]})
+    before = _keyspace(redis_server.url)
+    answers = [post(api, "/events", {"events": [good, bad]}) for bad in BAD_EVENTS]
+    raw = '{"events": [{"user_id": "u", "item_id": "i1", "action": "view", "timestamp": NaN}]}'
+    answers.append(
+        httpx.post(api.url + "/events", content=raw, headers={**W, "content-type": "application/json"})
+    )
+    answers.append(httpx.post(api.url + "/events", content=b"\xff\xfe{", headers=W))
+    answers.append(post(api, "/events", {"events": [good] * 1001}))
+    answers.append(post(api, "/events", {"events": [good]}, R))
+    answers.append(post(api, "/events", {"events": [good]}, {}))
+    for r in answers:
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["detail"], r.text
+    assert _keyspace(redis_server.url) == before
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "status", "message"),
     [

@@ -287,3 +287,66 @@ def test_repair_of_already_fresh_tokens_hands_them_back(redis_server, prefix, lo
         np.testing.assert_array_equal(repaired[0].new_tokens.tokens, stored.tokens)
 
     run(_with_store(redis_server.url, prefix, go))
+
+
+def test_reads_during_writes_never_see_a_torn_state(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+    """Readers racing one writer: every snapshot's tokens belong to the same state as its recent
+    window (the prefix of the stream that ends at the window's newest event), never a mix. On one
+    Redis node the two GETs of a read rarely interleave with a write, so the race is followed by
+    the torn state made on purpose: older tokens next to a newer window."""
+    n_events = 80
+    stream = [Event(1000 + i, i, 1 + (i * 37) % 300, 1 + i % 2) for i in range(n_events)]
+    expected: dict[int, tuple[list[int], np.ndarray | None]] = {}
+
+    def expected_for(m: int) -> tuple[list[int], np.ndarray | None]:
+        if m not in expected:
+            history, _ = split_recent(stream[: m + 1], loaded.view.recent_len)
+            top = bucketize(
+                history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size
+            )
+            cats = [b.category for b in top]
+            expected[m] = (cats, _expected_tokens(torch_model, top) if top else None)
+        return expected[m]
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        done = asyncio.Event()
+        checked = torn = 0
+
+        old_tokens = b""
+
+        async def writer() -> None:
+            nonlocal old_tokens
+            writers = processes(store)
+            for i, e in enumerate(stream):  # single events from rotating "processes"
+                await writers[i % 5].append(loaded.view, [NewEvent("torn", e.item, e.action, e.ts)], 0.0)
+                if i == n_events // 2:
+                    old_tokens = await store.redis.get(store.keys("torn").tokens)
+            done.set()
+
+        async def reader(r: Store, once: bool = False) -> None:
+            nonlocal checked, torn
+            for _ in range(10_000):  # bounded; ends when the writer is done
+                if done.is_set() and not once:
+                    return
+                snap = (await r.read(loaded.view, ["torn"], now=0.0))[0]
+                if snap.recent is None:
+                    continue
+                m = snap.recent.events[-1].ts - 1000
+                cats, tokens = expected_for(m)
+                if tokens is None:
+                    torn += snap.tokens is not None
+                else:
+                    ok = snap.tokens is not None and snap.tokens.categories.tolist() == cats
+                    torn += not (ok and np.allclose(snap.tokens.tokens, tokens, atol=1e-5))
+                checked += 1
+                if once:
+                    return
+
+        await asyncio.gather(writer(), *(reader(Store(store.redis, prefix=store.prefix)) for _ in range(4)))
+        assert old_tokens
+        await store.redis.set(store.keys("torn").tokens, old_tokens)
+        await reader(store, once=True)
+        assert checked > 50  # the readers really raced the writer
+        assert torn == 0, f"{torn} of {checked} snapshots mixed two states"
+
+    run(_with_store(redis_server.url, prefix, go))
