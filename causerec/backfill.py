@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from redis.asyncio import Redis
 from rich.progress import Progress
 
 from model.data import Dataset
+from service.redis_client import connect
 from service.runtime import load_model
 from service.store import NewEvent, Store
 
@@ -22,6 +22,7 @@ async def backfill(
     key_prefix: str,
     users_per_batch: int = 64,
     progress: bool = True,
+    cluster: bool = False,
 ) -> dict[str, Any]:
     """Append every event of ``data`` (ids mapped through the bundle's catalogue); events whose item
     or action the model does not know are skipped and counted."""
@@ -32,8 +33,8 @@ async def backfill(
     action_map = np.zeros(len(data.actions) + 1, np.int64)
     for a in range(1, len(data.actions) + 1):
         action_map[a] = model.bundle.action_index.get(data.actions.external(a), 0)
-    client = Redis.from_url(redis_url, socket_timeout=30)
-    store = Store(client, prefix=key_prefix)
+    client = connect(redis_url, cluster=cluster)
+    store = Store(client, prefix=key_prefix, per_user_transactions=cluster)
     appended = skipped = 0
     started = time.perf_counter()
     try:

@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 
 DATA_DIR = typer.Option(None, "--data-dir", help="folder with the dataset's files (not for synthetic)")
+CLUSTER = typer.Option(False, "--cluster", help="REDIS_URL names a node of a Redis Cluster")
 CATEGORIES = typer.Option(
     None, "--categories-csv", help="items.csv (item_id,categories) replacing the categories"
 )
@@ -245,6 +246,7 @@ def load_events(
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
     key_prefix: str = typer.Option("causerec"),
     users_per_batch: int = typer.Option(64),
+    cluster: bool = CLUSTER,
     synthetic_users: int | None = typer.Option(None),
     synthetic_items: int | None = typer.Option(None),
     synthetic_events: int | None = typer.Option(None),
@@ -259,7 +261,7 @@ def load_events(
         _synthetic(synthetic_users, synthetic_items, synthetic_events, seed) if dataset == "synthetic" else {}
     )
     data = _load(_data_spec(dataset, data_dir, None, **options))
-    report = asyncio.run(backfill(bundle, data, redis_url, key_prefix, users_per_batch))
+    report = asyncio.run(backfill(bundle, data, redis_url, key_prefix, users_per_batch, cluster=cluster))
     print(json.dumps(report))
 
 
@@ -268,19 +270,19 @@ def recompute_tokens(
     bundle: Path = typer.Option(...),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
     key_prefix: str = typer.Option("causerec"),
+    cluster: bool = CLUSTER,
 ) -> None:
     """Rebuild every user's history tokens for this bundle's model (after a model change)."""
     import asyncio
 
-    from redis.asyncio import Redis
-
+    from service.redis_client import connect
     from service.runtime import load_model
     from service.store import Store
 
     async def run() -> int:
-        client = Redis.from_url(redis_url)
+        client = connect(redis_url, cluster=cluster)
         try:
-            return await Store(client, prefix=key_prefix).recompute_all(
+            return await Store(client, prefix=key_prefix, per_user_transactions=cluster).recompute_all(
                 load_model(bundle).view, now=time.time()
             )
         finally:

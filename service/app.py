@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 
 from service.batching import MicroBatcher
@@ -33,6 +33,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext, request_id
 from service.recommend import Recommender
+from service.redis_client import connect
 from service.routes import noop, router
 from service.runtime import LoadedModel, load_model
 from service.store import Store
@@ -53,17 +54,12 @@ STATUS: dict[type[CauserecError], tuple[int, dict[str, str]]] = {
 
 
 def _redis_client(settings: Settings) -> Redis:
-    timeout = settings.redis_timeout_s
-    common = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "max_connections": settings.redis_max_connections,
-    }
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[arg-type,return-value]
-    # A blocking pool waits (up to the timeout) for a free connection under bursts instead of failing.
-    pool = BlockingConnectionPool.from_url(settings.redis_url, timeout=timeout, **common)
-    return Redis(connection_pool=pool)
+    return connect(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        timeout_s=settings.redis_timeout_s,
+        max_connections=settings.redis_max_connections,
+    )
 
 
 def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:

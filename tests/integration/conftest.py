@@ -17,6 +17,21 @@ def redis_server(tmp_path_factory):  # type: ignore[no-untyped-def]
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A real 3-master Redis Cluster (redis-server --cluster-enabled, redis-cli --cluster create)."""
+    from service.redis_server import RedisServerError, redis_binary
+    from tests.integration.redis_cluster import LocalCluster
+
+    try:
+        redis_binary("redis-cli")
+    except RedisServerError as exc:
+        pytest.skip(f"Redis Cluster tests need redis-cli: {exc}")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

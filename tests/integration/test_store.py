@@ -1,10 +1,12 @@
-"""The Redis store against a real redis-server: incremental == batch, tokens == torch, concurrency."""
+"""The Redis store against a real redis-server and a real 3-master Redis Cluster: incremental ==
+batch, tokens == torch, concurrency. Every test runs on both."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -37,12 +39,43 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-async def _with_store(url: str, prefix: str, fn, **kw):  # type: ignore[no-untyped-def]
-    client = aioredis.Redis.from_url(url, socket_timeout=10, max_connections=200)
+@dataclass(frozen=True)
+class Backend:
+    url: str
+    cluster: bool
+
+    def client(self) -> aioredis.Redis:
+        if self.cluster:
+            return aioredis.RedisCluster.from_url(self.url, socket_timeout=10, max_connections=200)  # type: ignore[return-value]
+        return aioredis.Redis.from_url(self.url, socket_timeout=10, max_connections=200)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request, redis_server) -> Backend:  # type: ignore[no-untyped-def]
+    if request.param == "cluster":
+        return Backend(request.getfixturevalue("redis_cluster").url, cluster=True)
+    return Backend(redis_server.url, cluster=False)
+
+
+async def _with_store(backend: Backend, prefix: str, fn, **kw):  # type: ignore[no-untyped-def]
+    client = backend.client()
     try:
-        return await fn(Store(client, prefix=prefix, **kw))
+        return await fn(Store(client, prefix=prefix, per_user_transactions=backend.cluster, **kw))
     finally:
         await client.aclose()
+
+
+def _like(store: Store) -> Store:
+    """Another store on the same client: what another worker process would have."""
+    return Store(store.redis, prefix=store.prefix, per_user_transactions=store.per_user_transactions)
+
+
+async def _commands_processed(store: Store) -> tuple[int, int]:
+    """(commands processed over all nodes, number of nodes: each counts the INFO itself once)."""
+    if isinstance(store.redis, aioredis.RedisCluster):
+        infos = await store.redis.info("stats", target_nodes=aioredis.RedisCluster.ALL_NODES)
+        return sum(i["total_commands_processed"] for i in infos.values()), len(infos)
+    return (await store.redis.info("stats"))["total_commands_processed"], 1
 
 
 async def _raw_state(store: Store, user: str) -> tuple:  # type: ignore[type-arg]
@@ -60,7 +93,7 @@ def processes(store: Store) -> list[Store]:
     """Five stores on one connection pool, each with its own write lock: like five worker processes."""
     key = id(store)
     if key not in _PROCESSES:
-        _PROCESSES[key] = [store] + [Store(store.redis, prefix=store.prefix) for _ in range(4)]
+        _PROCESSES[key] = [store] + [_like(store) for _ in range(4)]
     return _PROCESSES[key]
 
 
@@ -101,9 +134,7 @@ event_streams = st.lists(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=event_streams, chunk=st.integers(1, 7))
-def test_incremental_store_equals_batch_rule_and_torch_tokens(
-    redis_server, loaded, torch_model, stream, chunk
-):  # type: ignore[no-untyped-def]
+def test_incremental_store_equals_batch_rule_and_torch_tokens(backend, loaded, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
     user = f"prop-{next(_ids)}"
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
@@ -117,10 +148,10 @@ def test_incremental_store_equals_batch_rule_and_torch_tokens(
         assert recent.next_seq == len(events)
         _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
 
-    run(_with_store(redis_server.url, "prop", go))
+    run(_with_store(backend, "prop", go))
 
 
-def test_concurrent_writers_lose_nothing(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
     """50 writers x 20 single-event appends on one user, spread over 5 "processes" (stores with their
     own write lock) so that WATCH conflicts really happen: 1,000 events, each exactly once."""
     user = "hot-user"
@@ -161,10 +192,10 @@ def test_concurrent_writers_lose_nothing(redis_server, prefix, loaded, torch_mod
         assert (result.accepted, result.duplicates) == (0, writers * per_writer)
         assert (await _raw_state(store, user))[0].next_seq == writers * per_writer
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_duplicate_event_ids_count_once_within_and_across_batches(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+def test_duplicate_event_ids_count_once_within_and_across_batches(backend, prefix, loaded):  # type: ignore[no-untyped-def]
     async def go(store: Store):  # type: ignore[no-untyped-def]
         batch = [
             NewEvent("u1", 5, 1, 100, "a"),
@@ -182,10 +213,10 @@ def test_duplicate_event_ids_count_once_within_and_across_batches(redis_server, 
         recent = decode_recent(await store.redis.get(store.keys("u1").recent))
         assert [e.item for e in recent.events] == [5, 7, 8, 9]
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_tokens_of_another_model_version_are_never_served(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+def test_tokens_of_another_model_version_are_never_served(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     events = [NewEvent("u2", 1 + i * 13 % 300, 1, 10 * i) for i in range(40)]
@@ -204,26 +235,26 @@ def test_tokens_of_another_model_version_are_never_served(redis_server, prefix, 
         top = bucketize(history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size)
         np.testing.assert_allclose(snap.tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(backend, prefix, loaded):  # type: ignore[no-untyped-def]
     async def go(store: Store):  # type: ignore[no-untyped-def]
         await store.append(
             loaded.view, [NewEvent(f"r{i}", 3, 1, 50 + j) for i in range(5) for j in range(12)], now=0.0
         )
-        before = (await store.redis.info("stats"))["total_commands_processed"]
+        before, nodes = await _commands_processed(store)
         snaps = await store.read(loaded.view, [f"r{i}" for i in range(5)] + ["nobody"], now=0.0)
-        after = (await store.redis.info("stats"))["total_commands_processed"]
-        assert after - before == 2 * 6 + 1  # two GETs per user (+ the INFO itself): no repair needed
+        after, _ = await _commands_processed(store)
+        assert after - before == 2 * 6 + nodes  # two GETs per user (+ the INFO itself): no repair
         assert [len(s.recent.events) for s in snaps[:5]] == [8] * 5
         assert snaps[5].recent is None
         assert snaps[5].tokens is None
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_bulk_recompute_moves_every_user_to_the_new_model(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+def test_bulk_recompute_moves_every_user_to_the_new_model(backend, prefix, loaded):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     events = [
@@ -237,15 +268,15 @@ def test_bulk_recompute_moves_every_user_to_the_new_model(redis_server, prefix, 
         for u in range(30):
             _, _, tokens = await _raw_state(store, f"bulk{u}")
             assert tokens.version == "bulk-version-00"
-        before = (await store.redis.info("stats"))["total_commands_processed"]
+        before, nodes = await _commands_processed(store)
         await store.read(new_model, [f"bulk{u}" for u in range(30)], now=0.0)
-        after = (await store.redis.info("stats"))["total_commands_processed"]
-        assert after - before == 2 * 30 + 1  # fresh tokens: no rebuild on read
+        after, _ = await _commands_processed(store)
+        assert after - before == 2 * 30 + nodes  # fresh tokens: no rebuild on read
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_concurrent_batches_over_overlapping_users_lose_nothing(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix, loaded):  # type: ignore[no-untyped-def]
     """20 concurrent batches of 30 events over the same 10 users from 5 "processes": batches conflict,
     fall back to per-user transactions, and every event lands exactly once."""
     import random
@@ -271,10 +302,10 @@ def test_concurrent_batches_over_overlapping_users_lose_nothing(redis_server, pr
             recent, _, _ = await _raw_state(store, user)
             assert recent.next_seq == count
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_repair_of_already_fresh_tokens_hands_them_back(redis_server, prefix, loaded):  # type: ignore[no-untyped-def]
+def test_repair_of_already_fresh_tokens_hands_them_back(backend, prefix, loaded):  # type: ignore[no-untyped-def]
     """A reader saw stale tokens, but a writer refreshed them before its repair ran: the repair must
     return those tokens, not drop the user's history for the request."""
     events = [NewEvent("fresh", 1 + i * 17 % 300, 1, 10 * i) for i in range(30)]
@@ -286,10 +317,10 @@ def test_repair_of_already_fresh_tokens_hands_them_back(redis_server, prefix, lo
         _, _, stored = await _raw_state(store, "fresh")
         np.testing.assert_array_equal(repaired[0].new_tokens.tokens, stored.tokens)
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
 
 
-def test_reads_during_writes_never_see_a_torn_state(redis_server, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+def test_reads_during_writes_never_see_a_torn_state(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
     """Readers racing one writer: every snapshot's tokens belong to the same state as its recent
     window (the prefix of the stream that ends at the window's newest event), never a mix. On one
     Redis node the two GETs of a read rarely interleave with a write, so the race is followed by
@@ -342,11 +373,11 @@ def test_reads_during_writes_never_see_a_torn_state(redis_server, prefix, loaded
                 if once:
                     return
 
-        await asyncio.gather(writer(), *(reader(Store(store.redis, prefix=store.prefix)) for _ in range(4)))
+        await asyncio.gather(writer(), *(reader(_like(store)) for _ in range(4)))
         assert old_tokens
         await store.redis.set(store.keys("torn").tokens, old_tokens)
         await reader(store, once=True)
         assert checked > 50  # the readers really raced the writer
         assert torn == 0, f"{torn} of {checked} snapshots mixed two states"
 
-    run(_with_store(redis_server.url, prefix, go))
+    run(_with_store(backend, prefix, go))
