@@ -44,11 +44,13 @@ def evaluate(
     rows, ends, targets = split.users, split.input_end, builder.dataset.item[split.target]
     if max_users is not None:
         rows, ends, targets = rows[:max_users], ends[:max_users], targets[:max_users]
+    order = np.argsort(builder.window_lengths(rows, ends), kind="stable")  # short with short
+    rows, ends, targets = rows[order], ends[order], targets[order]
     ranks = []
     forward_s, forward_users = 0.0, 0
     for lo in range(0, len(rows), batch_size):
         r, e = rows[lo : lo + batch_size], ends[lo : lo + batch_size]
-        batch = to_tensors(builder.batch(r, e, with_targets=False), device)
+        batch = to_tensors(builder.batch(r, e, with_targets=False, trim=True), device)
         started = time.perf_counter()
         scores = model.score_all(**model_inputs(model, batch))
         forward_s += time.perf_counter() - started

@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--rows", nargs="*", help="only rows whose name contains one of these")
+    parser.add_argument("--rows", nargs="*", help="only these rows (exact names, as in the table)")
     parser.add_argument(
         "--table-only", action="store_true", help="rebuild docs/RESULTS.md from finished runs"
     )
@@ -178,7 +178,7 @@ def main() -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for name, spec in sorted(ROWS, key=lambda r: r[1]["mode"] == "hstu-full"):  # the slowest last
-            if args.rows and not any(r in name for r in args.rows):
+            if args.rows and name not in args.rows:
                 continue
             path = (
                 args.out / "runs" / f"{name.replace(' ', '_').replace(',', '').replace('=', '')}-s{seed}.json"

@@ -48,6 +48,9 @@ def pad_buckets(buckets: list[Bucket], num_buckets: int, bucket_size: int) -> di
     return out
 
 
+RECENT_KEYS = ("items", "actions", "ts", "mask", "target_next")  # (B, L) left-padded arrays
+
+
 @dataclass
 class SampleBuilder:
     dataset: Dataset
@@ -83,9 +86,23 @@ class SampleBuilder:
             out["target_next"] = target
         return out
 
-    def batch(self, rows: np.ndarray, ends: np.ndarray, with_targets: bool) -> dict[str, np.ndarray]:
+    def batch(
+        self, rows: np.ndarray, ends: np.ndarray, with_targets: bool, trim: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Stacked samples. ``trim`` drops the columns of left padding that every sample has: the
+        backbone is padding-invariant, so only the cost changes (a batch of short windows stays short)."""
         samples = [self.sample(int(r), int(e), with_targets) for r, e in zip(rows, ends, strict=True)]
-        return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        if trim:
+            keep = max(int(out["mask"].sum(1).max()), 1)
+            for k in RECENT_KEYS:
+                if k in out:
+                    out[k] = out[k][:, -keep:]
+        return out
+
+    def window_lengths(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Recent-window length of each sample (events before ``end``, at most L)."""
+        return np.minimum(ends - self.dataset.user_offsets[rows], self.cfg.recent_len)
 
     def seen_items(self, row: int, end: int) -> np.ndarray:
         """Every item the user interacted with before ``end``."""

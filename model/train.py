@@ -85,6 +85,21 @@ def epoch_samples(dataset: Dataset, per_user: int, rng: np.random.Generator) -> 
     return np.asarray(rows)[order], np.asarray(ends)[order]
 
 
+def length_grouped(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 32
+) -> list[np.ndarray]:
+    """Batches of sample indices with similar window lengths, in random order: samples are sorted
+    by length within pools of ``pool`` batches (the order inside a pool stays random), so trimmed
+    batches of short windows cost little and every epoch still mixes users."""
+    batches = []
+    size = batch_size * pool
+    for lo in range(0, len(lengths), size):
+        idx = np.arange(lo, min(lo + size, len(lengths)))
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        batches += [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def train_batch_size(cfg: ModelConfig, requested: int, budget_bytes: float = 2.5e9) -> int:
     """Cap the batch so the saved attention activations of all layers fit the memory budget."""
     per_user = 6 * cfg.num_layers * cfg.num_heads * cfg.seq_len**2 * 4
@@ -126,12 +141,10 @@ def train(
         rows, ends = epoch_samples(dataset, cfg.samples_per_user, rng)
         started = time.perf_counter()
         totals = np.zeros(2)
-        steps = range(0, len(rows), batch_size)
+        steps = length_grouped(builder.window_lengths(rows, ends), batch_size, rng)
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
-        for lo in bar:
-            batch = to_tensors(
-                builder.batch(rows[lo : lo + batch_size], ends[lo : lo + batch_size], True), cfg.device
-            )
+        for idx in bar:
+            batch = to_tensors(builder.batch(rows[idx], ends[idx], True, trim=True), cfg.device)
             item_loss, action_loss = model.losses(batch, cfg.num_negatives)
             loss = cfg.item_loss_weight * item_loss + cfg.action_loss_weight * action_loss
             optimizer.zero_grad(set_to_none=True)

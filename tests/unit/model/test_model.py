@@ -90,6 +90,29 @@ def test_padding_does_not_change_scores(tiny_dataset) -> None:  # type: ignore[n
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_trimmed_batches_score_like_full_ones_and_grouping_keeps_every_sample(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    from model.train import length_grouped
+
+    torch.manual_seed(0)
+    model = build_model(tiny_dataset, mode="cause", **{**SMALL, "recent_len": 64}).eval()
+    builder = SampleBuilder(tiny_dataset, model.cfg)
+    rows = np.arange(6)
+    ends = tiny_dataset.user_offsets[rows] + np.array([1, 2, 3, 5, 8, 13])  # short windows
+    full = to_tensors(builder.batch(rows, ends, with_targets=True), "cpu")
+    trimmed = to_tensors(builder.batch(rows, ends, with_targets=True, trim=True), "cpu")
+    assert trimmed["items"].shape == (6, 13)
+    assert full["items"].shape == (6, 64)
+    with torch.no_grad():
+        a = model.score_all(**model_inputs(model, full))
+        b = model.score_all(**model_inputs(model, trimmed))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    lengths = np.random.default_rng(0).integers(1, 100, 1000)
+    batches = length_grouped(lengths, 64, np.random.default_rng(1), pool=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.5 * np.ptp(lengths)  # batches hold similar lengths
+
+
 def test_loss_decreases(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model(tiny_dataset, mode="cause", **SMALL)
