@@ -131,6 +131,8 @@ def train(
         "separators": separators,
     }
     result = run_training(data, model_cfg, cfg, out)
+    if not result:  # a torchrun rank other than 0: rank 0 reports
+        return
     print(
         json.dumps(
             {"run": str(out), "test": result["test"], "best_valid_epoch": result["best_valid"]["epoch"]},

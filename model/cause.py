@@ -143,6 +143,12 @@ class CauseRecommender(nn.Module):
         return scores
 
     # ---- training -------------------------------------------------------------------------------
+    def forward(
+        self, batch: dict[str, torch.Tensor], num_negatives: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step's losses: DistributedDataParallel hooks into forward()."""
+        return self.losses(batch, num_negatives)
+
     def losses(self, batch: dict[str, torch.Tensor], num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-item InfoNCE, action cross-entropy), each averaged over its valid positions."""
         out, _ = self.encode(**model_inputs(self, batch))

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from model import distributed
 from model.cause import CauseRecommender
 from model.config import ModelConfig
 from model.data import Dataset
@@ -119,9 +121,30 @@ def save_catalog(dataset: Dataset, run_dir: Path) -> None:
 def train(
     dataset: Dataset, model_cfg: dict[str, Any], cfg: TrainConfig, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    seed_everything(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(dataset, **model_cfg).to(cfg.device)
+    """Train and keep the best epoch. Under torchrun every rank trains on its slice of each batch;
+    rank 0 writes the run directory and returns the result, the other ranks return {}."""
+    ctx = distributed.init(cfg.device)
+    try:
+        return _train(dataset, model_cfg, cfg, run_dir, progress and ctx.is_main, ctx)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(
+    dataset: Dataset,
+    model_cfg: dict[str, Any],
+    cfg: TrainConfig,
+    run_dir: Path,
+    progress: bool,
+    ctx: distributed.Context,
+) -> dict[str, Any]:
+    seed_everything(cfg.seed)  # the same on every rank: the same batches, negatives and init
+    model = build_model(dataset, **model_cfg).to(ctx.device)
+    step_model: torch.nn.Module = model
+    if ctx.active:
+        step_model = DistributedDataParallel(
+            model, find_unused_parameters=True
+        )  # ablations leave some unused
     builder = SampleBuilder(dataset, model.cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -130,23 +153,43 @@ def train(
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"ndcg@10": -1.0}
     stale = 0
-    save_catalog(dataset, run_dir)
-    (run_dir / "run.json").write_text(
-        json.dumps(
-            {"train": asdict(cfg), "model": model.cfg.to_dict(), "dataset": dataset.describe()}, indent=2
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_catalog(dataset, run_dir)
+        (run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "train": asdict(cfg),
+                    "model": model.cfg.to_dict(),
+                    "dataset": dataset.describe(),
+                    "world_size": ctx.world,
+                },
+                indent=2,
+            )
         )
-    )
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         rows, ends = epoch_samples(dataset, cfg.samples_per_user, rng)
         started = time.perf_counter()
         totals = np.zeros(2)
-        steps = length_grouped(builder.window_lengths(rows, ends), batch_size, rng)
+        # A global batch smaller than the world would leave a rank idle: every rank skips it.
+        steps = [
+            b
+            for b in length_grouped(builder.window_lengths(rows, ends), batch_size, rng)
+            if len(b) >= ctx.world
+        ]
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for idx in bar:
-            batch = to_tensors(builder.batch(rows[idx], ends[idx], True, trim=True), cfg.device)
-            item_loss, action_loss = model.losses(batch, cfg.num_negatives)
-            loss = cfg.item_loss_weight * item_loss + cfg.action_loss_weight * action_loss
+            mine = idx[ctx.rank :: ctx.world]
+            batch = to_tensors(builder.batch(rows[mine], ends[mine], True, trim=True), ctx.device)
+            local = [(batch["target_next"] > 0).sum(), batch["mask"].sum()]
+            n_items, n_actions = ctx.global_counts(*local)
+            item_loss, action_loss = step_model(batch, cfg.num_negatives)
+            # Each rank's mean weighted by its share of the global terms: DDP's average of these
+            # gradients is the gradient of the global-batch mean (exactly the single-process loss).
+            scale_i = float(local[0]) * ctx.world / max(n_items, 1.0)
+            scale_a = float(local[1]) * ctx.world / max(n_actions, 1.0)
+            loss = cfg.item_loss_weight * scale_i * item_loss + cfg.action_loss_weight * scale_a * action_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -154,7 +197,8 @@ def train(
             totals += [item_loss.item(), action_loss.item()]
             bar.set_postfix(item=f"{item_loss.item():.3f}", action=f"{action_loss.item():.3f}")
         epoch_s = time.perf_counter() - started
-        metrics = evaluate(model, builder, valid, max_users=cfg.max_eval_users, device=cfg.device)
+        # Every rank holds the same weights, so every rank reaches the same early-stopping decision.
+        metrics = evaluate(model, builder, valid, max_users=cfg.max_eval_users, device=ctx.device)
         record = {
             "epoch": epoch,
             "item_loss": totals[0] / len(steps),
@@ -170,20 +214,25 @@ def train(
             )
         if float(metrics["ndcg@10"]) > best["ndcg@10"]:
             best, stale = {**metrics, "epoch": epoch}, 0
-            torch.save(
-                {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt"
-            )
+            if ctx.is_main:
+                torch.save(
+                    {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt"
+                )
         else:
             stale += 1
             if stale >= cfg.patience:
                 break
-    model = load_model(run_dir, cfg.device)
+    ctx.barrier()
+    if not ctx.is_main:
+        return {}
+    model = load_model(run_dir, ctx.device)
     result = {
         "best_valid": best,
-        "test": evaluate(model, builder, test, device=cfg.device),
+        "test": evaluate(model, builder, test, device=ctx.device),
         "train_s_per_epoch": float(np.mean([h["train_s"] for h in history])),
         "epochs_run": len(history),
         "seq_len": model.cfg.seq_len,
+        "world_size": ctx.world,
         "history": history,
     }
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
