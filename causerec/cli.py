@@ -77,6 +77,9 @@ def train(
     heads: int = typer.Option(8),
     dropout: float = typer.Option(0.2),
     backbone: str = typer.Option("hstu", help="hstu | transformer"),
+    token_layout: str = typer.Option(
+        "interleaved", help="interleaved (HSTU) | stacked (GenRank) | late-fusion (AttnLFA)"
+    ),
     no_align: bool = typer.Option(False, help="ablation: no W_align projection in bucket tokens"),
     separators: bool = typer.Option(False, help="a separator token between history and recent events"),
     epochs: int = typer.Option(50),
@@ -127,6 +130,7 @@ def train(
         "num_heads": heads,
         "dropout": dropout,
         "backbone": backbone,
+        "token_layout": token_layout,
         "use_align": not no_align,
         "separators": separators,
     }

@@ -59,6 +59,7 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
             version=version,
             created_at=datetime.now(UTC).isoformat(),
             mode=cfg.mode,
+            token_layout=cfg.token_layout,
             recent_len=cfg.recent_len,
             length_buckets=length_buckets(cfg.recent_len),
             num_buckets=cfg.history_tokens,

@@ -55,6 +55,7 @@ class Manifest(BaseModel):
     version: str = Field(description="content hash of the graphs and catalog: the model version")
     created_at: str = Field(description="UTC ISO-8601 time of export")
     mode: str = Field(description="hstu | hstu-full | cause")
+    token_layout: str = Field("interleaved", description="interleaved | stacked | late-fusion")
     recent_len: int = Field(description="L: the most recent events fed raw")
     length_buckets: list[int] = Field(description="recent lengths the engine pads to (ascending, last = L)")
     num_buckets: int = Field(description="V: history tokens (0 when the mode has none)")

@@ -1,11 +1,13 @@
 """CAUSE (Categorical User Sequence Compression, WSDM'26) on the HSTU backbone.
 
-Input (section 3): [user] [V history tokens] [sep]? [item_1, action_1, ..., item_L, action_L].
+Input (section 3): [user] [V history tokens] [sep]? [item_1, action_1, ..., item_L, action_L]
+(the default interleaved layout; model/layouts.py has the others).
     item token     = E_item[i] + mean_c E_cat[c]                  (c over the item's categories)
     bucket token j = mean_{i in bucket j} (W_align x_i + b_align) + E_bucket[cat_j]     (eq. 4)
                      where x_i is the item token; empty buckets are masked out
 Heads: the state at action_t predicts item_{t+1} (InfoNCE over sampled negatives); the state at
 item_t predicts action_t (cross-entropy). Causality keeps both from seeing their own target.
+Other layouts say which state feeds which head (model.layouts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch.nn import functional as F
 
 from model.config import ModelConfig
 from model.hstu import Backbone
+from model.layouts import make_layout
 
 USER, HISTORY, ITEM, ACTION = range(4)  # token types
 
@@ -45,6 +48,7 @@ class CauseRecommender(nn.Module):
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.backbone = Backbone(cfg)
         self.action_head = nn.Linear(d, cfg.num_actions + 1)
+        self.layout = make_layout(cfg)
         # Every embedding starts at one scale: a type or bucket embedding at PyTorch's default
         # N(0, 1) would be ~50x the item embeddings and drown which item a token is.
         for emb in self.modules():
@@ -95,7 +99,7 @@ class CauseRecommender(nn.Module):
         user_hash (B,); hist_* (B, V, D) / (B, V) or None when the mode has no history;
         items, actions, ts, mask: (B, L) left-padded recent events (mask True = real event).
         """
-        b, length = items.shape
+        b = items.shape[0]
         dev = items.device
         now = (ts * mask).amax(1, keepdim=True)  # (B, 1): the user token sits at the newest event
         parts = [self.user_emb(user_hash).unsqueeze(1) + self.type_emb.weight[USER]]
@@ -112,11 +116,10 @@ class CauseRecommender(nn.Module):
             parts.append(self.sep.expand(b, 1, -1))
             valid.append(valid[0])
             stamps.append(now)
-        item_tok = self.item_tokens(items) + self.type_emb.weight[ITEM]
-        action_tok = self.action_emb(actions) + self.type_emb.weight[ACTION]
-        parts.append(torch.stack([item_tok, action_tok], dim=2).reshape(b, 2 * length, -1))
-        valid.append(mask.repeat_interleave(2, dim=1))
-        stamps.append(ts.repeat_interleave(2, dim=1))
+        recent, recent_valid, recent_ts = self.layout.tokens(self, items, actions, ts, mask)
+        parts.append(recent)
+        valid.append(recent_valid)
+        stamps.append(recent_ts)
         x = self.input_dropout(torch.cat(parts, dim=1))
         all_valid = torch.cat(valid, dim=1)
         return self.backbone(x, all_valid, torch.cat(stamps, dim=1)), all_valid
@@ -126,15 +129,22 @@ class CauseRecommender(nn.Module):
         return 1 + self.cfg.history_tokens + int(self.cfg.separators)
 
     def last_state(self, **inputs: torch.Tensor | None) -> torch.Tensor:
-        """(B, D) unit-norm state at the last valid token: the query for the next item.
+        """(B, D) unit-norm query for the next item.
 
-        That is the newest action token, or for a user with no events the user (or last history)
-        token, so an unknown user still gets recommendations from the user token alone.
+        That is the layout's next-item query at the newest event (interleaved: the newest action
+        token), or for a user with no events the last valid token (the user token, or the last
+        history token), so an unknown user still gets recommendations from the user token alone.
         """
         out, valid = self.encode(**inputs)  # type: ignore[arg-type]
+        mask, actions = inputs["mask"], inputs["actions"]
+        assert mask is not None
+        assert actions is not None
+        next_query, _ = self.layout.heads(self, out[:, self.recent_offset :], actions, mask)
         positions = torch.arange(valid.shape[1], device=valid.device)
         last = (valid.to(torch.int64) * positions).argmax(1)  # (B,)
-        return F.normalize(out[torch.arange(out.shape[0], device=out.device), last], dim=-1)
+        fallback = out[torch.arange(out.shape[0], device=out.device), last]
+        state = torch.where(mask[:, -1:], next_query[:, -1], fallback)  # left-padded: newest is last
+        return F.normalize(state, dim=-1)
 
     def score_all(self, **inputs: torch.Tensor | None) -> torch.Tensor:
         """(B, num_items + 1) scores; column 0 (padding) is -inf."""
@@ -152,12 +162,13 @@ class CauseRecommender(nn.Module):
     def losses(self, batch: dict[str, torch.Tensor], num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-item InfoNCE, action cross-entropy), each averaged over its valid positions."""
         out, _ = self.encode(**model_inputs(self, batch))
-        recent = out[:, self.recent_offset :]
-        at_items, at_actions = recent[:, 0::2], recent[:, 1::2]  # (B, L, D) each
+        next_query, action_in = self.layout.heads(
+            self, out[:, self.recent_offset :], batch["actions"], batch["mask"]
+        )
 
         target = batch["target_next"]
         has_next = target > 0
-        h = F.normalize(at_actions[has_next], dim=-1)  # (P, D)
+        h = F.normalize(next_query[has_next], dim=-1)  # (P, D)
         pos_ids = target[has_next]
         negatives = torch.randint(1, self.cfg.num_items + 1, (num_negatives,), device=h.device)
         pos = F.normalize(self.item_tokens(pos_ids), dim=-1)
@@ -171,7 +182,7 @@ class CauseRecommender(nn.Module):
         item_loss = F.cross_entropy(logits, torch.zeros_like(pos_ids))
 
         real = batch["mask"]
-        action_loss = F.cross_entropy(self.action_head(at_items[real]), batch["actions"][real])
+        action_loss = F.cross_entropy(self.action_head(action_in[real]), batch["actions"][real])
         return item_loss, action_loss
 
 

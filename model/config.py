@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODES = ("hstu", "hstu-full", "cause")
+# interleaved: item_t, action_t tokens (HSTU); stacked: one token per event (GenRank);
+# late-fusion: item tokens only, actions pooled after the backbone (AttnLFA). See model/layouts.py.
+TOKEN_LAYOUTS = ("interleaved", "stacked", "late-fusion")
 
 
 @dataclass
@@ -29,10 +32,12 @@ class ModelConfig:
     use_align: bool = True  # ablation: False drops W_align, b_align from the bucket token (eq. 4)
     separators: bool = False  # a learned separator token between the history and the recent events
     backbone: str = "hstu"  # "hstu" (pointwise SiLU attention) or "transformer" (softmax)
+    token_layout: str = "interleaved"  # how events become backbone tokens (TOKEN_LAYOUTS)
 
     def __post_init__(self) -> None:
         assert self.mode in MODES, f"mode must be one of {MODES}"
         assert self.backbone in ("hstu", "transformer")
+        assert self.token_layout in TOKEN_LAYOUTS, f"token_layout must be one of {TOKEN_LAYOUTS}"
         assert self.d_model % self.num_heads == 0, "d_model must divide into heads"
 
     @property
@@ -41,9 +46,13 @@ class ModelConfig:
         return self.num_buckets if self.mode == "cause" else 0
 
     @property
+    def tokens_per_event(self) -> int:
+        return 2 if self.token_layout == "interleaved" else 1
+
+    @property
     def seq_len(self) -> int:
-        """Tokens per input: [user] [V history] [sep]? [item_1, action_1, ..., item_L, action_L]."""
-        return 1 + self.history_tokens + int(self.separators) + 2 * self.recent_len
+        """Tokens per input: [user] [V history] [sep]? then 2L (interleaved) or L event tokens."""
+        return 1 + self.history_tokens + int(self.separators) + self.tokens_per_event * self.recent_len
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
