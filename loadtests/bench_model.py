@@ -27,11 +27,11 @@ import torch
 
 from export.graphs import ScoringGraph, export_ranking_graph
 from model.cause import CauseRecommender
-from model.config import ModelConfig
+from model.config import TOKEN_LAYOUTS, ModelConfig
 from model.results import machine
 
 
-def make_model(mode: str, recent_len: int, num_items: int) -> CauseRecommender:
+def make_model(mode: str, recent_len: int, num_items: int, layout: str = "interleaved") -> CauseRecommender:
     torch.manual_seed(0)
     cfg = ModelConfig(
         num_items=num_items,
@@ -47,6 +47,7 @@ def make_model(mode: str, recent_len: int, num_items: int) -> CauseRecommender:
         num_heads=8,
         dropout=0.0,
         max_rel_pos=4200,
+        token_layout=layout,
     )
     cats = torch.randint(1, 21, (num_items + 1, 2))
     return CauseRecommender(cfg, cats).eval()
@@ -88,10 +89,11 @@ def bench(
     threads: int,
     max_attention_gb: float,
     tmp: Path,
+    layout: str = "interleaved",
 ) -> list[dict[str, Any]]:
     recent = 64 if mode == "cause" else history
-    model = make_model(mode, recent, num_items)
-    path = tmp / f"{mode}-{recent}.onnx"
+    model = make_model(mode, recent, num_items, layout)
+    path = tmp / f"{mode}-{recent}-{layout}.onnx"
     export_ranking_graph(model, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -105,7 +107,13 @@ def bench(
     for batch in batches:
         seq = model.cfg.seq_len
         need_gb = batch * model.cfg.num_heads * seq * seq * 4 / 1e9
-        base = {"mode": mode, "history_events": history, "input_tokens": seq, "batch": batch}
+        base = {
+            "mode": mode,
+            "token_layout": layout,
+            "history_events": history,
+            "input_tokens": seq,
+            "batch": batch,
+        }
         if need_gb > max_attention_gb:
             for runtime in ("onnxruntime", "torch-eager"):
                 rows.append(
@@ -145,9 +153,36 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-attention-gb", type=float, default=4.0)
-    parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_model.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default: loadtests/results/<bench>.json")
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="instead: CAUSE (L=64, V=8) in each token layout next to HSTU-full at the longest history",
+    )
     args = parser.parse_args()
+    default_name = "bench_layouts.json" if args.layouts else "bench_model.json"
+    args.out = args.out or Path("loadtests/results") / default_name
     rows = []
+    if args.layouts:
+        with tempfile.TemporaryDirectory() as tmp:
+            history = max(args.histories)
+            for layout in TOKEN_LAYOUTS:
+                cause = bench(
+                    "cause",
+                    64,
+                    args.batches,
+                    args.items,
+                    args.threads,
+                    args.max_attention_gb,
+                    Path(tmp),
+                    layout,
+                )
+                rows += [{**r, "history_events": history} for r in cause]
+            rows += bench(
+                "hstu-full", history, [1], args.items, args.threads, args.max_attention_gb, Path(tmp)
+            )
+        write(args, rows)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cause = bench("cause", 64, args.batches, args.items, args.threads, args.max_attention_gb, Path(tmp))
         for history in args.histories:  # CAUSE's model call is the same whatever the history length
@@ -155,13 +190,19 @@ def main() -> None:
             rows += bench(
                 "hstu-full", history, args.batches, args.items, args.threads, args.max_attention_gb, Path(tmp)
             )
+    write(args, rows)
+    plot(rows, args.out.with_suffix(".png"))
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     result = {
         "command": "python -m loadtests.bench_model "
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out"
-        ),
+            if k not in ("out", "layouts")
+        )
+        + (" --layouts" if args.layouts else ""),
         "machine": machine(),
         "device": "cpu",
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -169,7 +210,6 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, args.out.with_suffix(".png"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
