@@ -14,6 +14,7 @@ import json
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("cause L=16, K-Means categories", {"mode": "cause", "recent_len": 16, "kmeans": 18}),
     ("cause L=16, no W_align", {"mode": "cause", "recent_len": 16, "use_align": False}),
     ("cause L=16, no action loss", {"mode": "cause", "recent_len": 16, "action_weight": 0.0}),
+    ("cause L=16, stacked tokens", {"mode": "cause", "recent_len": 16, "token_layout": "stacked"}),
+    ("cause L=16, late-fusion tokens", {"mode": "cause", "recent_len": 16, "token_layout": "late-fusion"}),
 ]
 METRICS = ("ndcg@1", "ndcg@10", "ndcg@20", "mrr")
 
@@ -105,8 +108,56 @@ def kmeans_categories(data_dir: Path, out: Path, seed: int, k: int, epochs: int)
     return path
 
 
+def measure_costs(data_dir: Path, out: Path) -> None:
+    """One epoch of each row's model, alone on the machine: train s/epoch and test forward ms per
+    128 users (cost depends on the architecture and the data, not on the trained weights)."""
+    import torch
+
+    from model.data import load_dataset
+    from model.train import TrainConfig, train
+
+    torch.set_num_threads(int(subprocess.run(["nproc"], capture_output=True, text=True).stdout))
+    data = load_dataset("ml-100k", data_dir)
+    rows = {}
+    for name, spec in ROWS:
+        spec = {k: v for k, v in spec.items() if k not in ("kmeans", "action_weight")}
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(data, spec, TrainConfig(epochs=1, seed=0), Path(tmp) / "r", progress=False)
+        rows[name] = {
+            "train_s_per_epoch": round(result["train_s_per_epoch"], 2),
+            "ms_per_batch_128": round(float(result["test"]["ms_per_batch_128"]), 2),
+            "seq_len": result["seq_len"],
+        }
+        print(name, rows[name], flush=True)
+    record = {
+        "command": f"python -m model.results --data-dir {data_dir} --costs",
+        "machine": machine(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    (out / "costs.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def costs(out: Path) -> dict[str, dict[str, float]] | None:
+    path = out / "costs.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else None  # type: ignore[no-any-return]
+
+
+def cost_of(
+    name: str, runs: list[dict[str, Any]], measured: dict[str, dict[str, float]] | None
+) -> tuple[float, float]:
+    """(train s/epoch, inference ms per 128 users): the quiet measurement when there is one."""
+    if measured and name in measured:
+        return measured[name]["train_s_per_epoch"], measured[name]["ms_per_batch_128"]
+    return (
+        float(np.mean([r["train_s_per_epoch"] for r in runs])),
+        float(np.mean([r["test"]["ms_per_batch_128"] for r in runs])),
+    )
+
+
 def table(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    measured = costs(out)
     lines = [
         "| model | input tokens | "
         + " | ".join(m.upper().replace("NDCG", "N") for m in METRICS)
@@ -121,11 +172,11 @@ def table(out: Path) -> str:
             f"{np.mean([r['test'][m] for r in rs]):.4f} ± {np.std([r['test'][m] for r in rs]):.4f}"
             for m in METRICS
         ]
+        train_s, infer_ms = cost_of(name, rs, measured)
         lines.append(
             f"| {name} | {rs[0]['seq_len']} | "
             + " | ".join(cells)
-            + f" | {np.mean([r['train_s_per_epoch'] for r in rs]):.1f}"
-            + f" | {np.mean([r['test']['ms_per_batch_128'] for r in rs]):.1f} | {len(rs)} |"
+            + f" | {train_s:.1f} | {infer_ms:.1f} | {len(rs)} |"
         )
     return "\n".join(lines)
 
@@ -137,12 +188,13 @@ def plot(out: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    measured = costs(out)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, spec in ROWS:
         rs = [r for r in runs if r["row"] == name]
-        if not rs or "kmeans" in spec or len(spec) > 2:
+        if not rs or {"kmeans", "use_align", "action_weight"} & set(spec):  # ablations: not a cost point
             continue
-        x = np.mean([r["test"]["ms_per_batch_128"] for r in rs])
+        x = cost_of(name, rs, measured)[1]
         y = np.mean([r["test"]["ndcg@10"] for r in rs])
         ax.errorbar(
             x,
@@ -171,7 +223,13 @@ def main() -> None:
     parser.add_argument(
         "--table-only", action="store_true", help="rebuild docs/RESULTS.md from finished runs"
     )
+    parser.add_argument(
+        "--costs", action="store_true", help="measure the cost columns (run alone on the machine)"
+    )
     args = parser.parse_args()
+    if args.costs:
+        measure_costs(args.data_dir, args.out)
+        args.table_only = True
     if args.table_only:
         write_results(args.out, args.seeds)
         return
@@ -189,6 +247,20 @@ def main() -> None:
             path.write_text(json.dumps(record, indent=2))
             print(f"{name} seed {seed}: ndcg@10 {record['test']['ndcg@10']:.4f}", flush=True)
     write_results(args.out, args.seeds)
+
+
+def cost_note(out: Path) -> str:
+    path = out / "costs.json"
+    if not path.is_file():
+        return "wall-clock from the sweep's own runs (not comparable if other jobs shared the machine)."
+    record = json.loads(path.read_text())
+    return (
+        f"one epoch of each row's model measured alone on the machine (`{record['command']}`, "
+        f"{record['measured_at']}, [costs.json](results/costs.json)): train seconds per epoch, and the "
+        "forward pass over the test users in batches of 128, PyTorch on the CPU, batches trimmed to "
+        "their longest window as in training. The sweep ran two jobs at once on 2 cores, so its own "
+        "timings are not used."
+    )
 
 
 def write_results(out: Path, seeds: list[int]) -> None:
@@ -211,9 +283,9 @@ Protocol: positives are ratings >= 4 (938 users, 1,447 items, 18 genres as many-
 leave-one-out in time order; early stopping on validation NDCG@10 (patience 5, at most 40 epochs);
 the table reports the **test** split, full ranking over all items with the user's earlier items
 masked; mean ± std over seeds. HSTU backbone for every row: 3 layers, d=64, 8 heads, 200 sampled
-negatives; CAUSE with V=8 buckets of G=32 items. Input tokens = 1 + V + 2L. Machine: {machine()}.
-The timing columns are wall-clock and comparable only between runs made while nothing else used the
-machine; the quality columns do not depend on that.
+negatives; CAUSE with V=8 buckets of G=32 items. Input tokens = 1 + V + 2L (interleaved layout) or
+1 + V + L (stacked, late-fusion: one token per event). Machine: {machine()}.
+Cost columns: {cost_note(out)}
 
 {table(out)}
 
