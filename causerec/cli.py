@@ -244,6 +244,29 @@ def serve(
             server.stop()
 
 
+@app.command("wait-for-bundle")
+def wait_for_bundle(
+    bundle: Path = typer.Argument(..., help="bundle directory that should appear"),
+    timeout_s: float = typer.Option(600, help="give up (exit 1) after this long"),
+) -> None:
+    """Exit 0 once BUNDLE holds a loadable bundle: a start gate for deployments (docker-compose)."""
+    from service.bundle import load_bundle
+    from service.errors import BundleError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            version = load_bundle(bundle).manifest.version
+        except BundleError as exc:
+            if time.monotonic() >= deadline:
+                typer.echo(f"no usable bundle after {timeout_s:.0f}s: {exc}", err=True)
+                raise typer.Exit(1) from None
+            time.sleep(1)
+            continue
+        typer.echo(f"bundle {version} ready at {bundle}")
+        return
+
+
 @app.command("load-events")
 def load_events(
     bundle: Path = typer.Option(..., help="bundle whose catalogue maps the ids"),

@@ -37,6 +37,7 @@ def test_redis_is_persistent_password_protected_and_not_published() -> None:
 def test_api_waits_for_redis_and_scales_out_and_gpu_is_a_profile() -> None:
     services = _compose()["services"]
     assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["bundle"]["condition"] == "service_completed_successfully"
     assert "replicas" in services["api"]["deploy"]
     assert services["api-gpu"]["profiles"] == ["gpu"]
     assert services["api-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -61,3 +62,26 @@ def test_serving_image_runs_causerec_serve_as_non_root_with_a_readiness_healthch
     assert "/readyz" in serving
     assert 'ENTRYPOINT ["causerec", "serve"' in serving
     assert "torch" not in serving.replace("'torch' not in sys.modules", "")
+
+
+def test_bundle_gate_command_waits_for_a_loadable_bundle(tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The compose `bundle` service's command, run outside Docker: fails without a bundle, passes with one."""
+    import shutil
+    import subprocess
+    import sys
+
+    gate = _compose()["services"]["bundle"]["entrypoint"]
+    assert gate[:3] == ["causerec", "wait-for-bundle", "/bundles/current"]
+    causerec = str(Path(sys.executable).with_name("causerec"))
+    target = tmp_path / "current"
+    missing = subprocess.run(
+        [causerec, "wait-for-bundle", str(target), "--timeout-s", "1"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert "no usable bundle" in missing.stderr
+    shutil.copytree(tiny_bundle, target)
+    ready = subprocess.run(
+        [causerec, "wait-for-bundle", str(target), "--timeout-s", "5"], capture_output=True, text=True
+    )
+    assert ready.returncode == 0, ready.stderr
+    assert "ready" in ready.stdout
