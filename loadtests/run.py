@@ -77,6 +77,25 @@ def untrained_run(data: Dataset, run_dir: Path, **model_cfg: Any) -> Path:
     return run_dir
 
 
+def population(users: int, items: int, events: int) -> Dataset:
+    """The synthetic users every load test serves: 20 categories, exactly ``events`` each."""
+    return load_dataset(
+        "synthetic",
+        num_users=users,
+        num_items=items,
+        num_categories=20,
+        events_per_user=events,
+        fixed_length=True,
+        seed=0,
+    )
+
+
+def write_items(data: Dataset, path: Path) -> Path:
+    """The catalogue's external ids, one per line: locust's --items-file."""
+    path.write_text("\n".join(data.items.to_list()) + "\n")
+    return path
+
+
 def scrape(url: str, route: str) -> dict[float, float]:
     """Cumulative server-side histogram of successful requests on ``route``: le -> count."""
     out: dict[float, float] = {}
@@ -252,20 +271,11 @@ def main() -> None:
     preset = PRESETS[args.preset]
     out = args.out or Path("loadtests/results") / args.preset
     started = time.monotonic()
-    data = load_dataset(
-        "synthetic",
-        num_users=preset.users,
-        num_items=preset.items,
-        num_categories=20,
-        events_per_user=preset.events,
-        fixed_length=True,
-        seed=0,
-    )
+    data = population(preset.users, preset.items, preset.events)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        items_file = tmp / "items.txt"
-        items_file.write_text("\n".join(data.items.to_list()) + "\n")
+        items_file = write_items(data, tmp / "items.txt")
         common = {"d_model": 64, "num_layers": 3, "num_heads": 8, "dropout": 0.0}
         bundles = {
             "cause": untrained_run(

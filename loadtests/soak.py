@@ -24,9 +24,8 @@ from typing import Any
 
 from causerec.backfill import backfill
 from export.bundle import export_bundle
-from loadtests.run import untrained_run
+from loadtests.run import population, untrained_run, write_items
 from loadtests.service_process import ServiceProcess
-from model.data import load_dataset
 from model.results import machine
 from service.redis_server import EmbeddedRedis
 
@@ -81,20 +80,11 @@ def run_locust(url: str, preset: SoakPreset, items_file: Path) -> dict[str, Any]
 
 def soak(preset_name: str) -> dict[str, Any]:
     preset = PRESETS[preset_name]
-    data = load_dataset(
-        "synthetic",
-        num_users=preset.population,
-        num_items=preset.items,
-        num_categories=20,
-        events_per_user=preset.events,
-        fixed_length=True,
-        seed=0,
-    )
+    data = population(preset.population, preset.items, preset.events)
     samples: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        items_file = tmp / "items.txt"
-        items_file.write_text("\n".join(data.items.to_list()) + "\n")
+        items_file = write_items(data, tmp / "items.txt")
         run_dir = untrained_run(
             data, tmp / "run", mode="cause", recent_len=64, num_buckets=8, bucket_size=32, dropout=0.0
         )

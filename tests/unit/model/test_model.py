@@ -74,22 +74,6 @@ def test_action_position_does_not_see_its_own_action(tiny_dataset, cause_model) 
     torch.testing.assert_close(before[:, item_pos], after[:, item_pos])
 
 
-def test_padding_does_not_change_scores(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
-    """The engine pads recent windows to a few fixed lengths; scores must not depend on it."""
-    torch.manual_seed(0)
-    short = build_model(tiny_dataset, mode="cause", **{**SMALL, "recent_len": 8}).eval()
-    long = build_model(tiny_dataset, mode="cause", **{**SMALL, "recent_len": 16}).eval()
-    long.load_state_dict(short.state_dict())
-    batch = _batch(tiny_dataset, short)
-    padded = dict(batch)
-    for k in ("items", "actions", "ts", "mask"):
-        padded[k] = torch.cat([torch.zeros_like(batch[k]), batch[k]], dim=1)
-    with torch.no_grad():
-        a = short.score_all(**model_inputs(short, batch))
-        b = long.score_all(**model_inputs(long, padded))
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-
-
 def test_trimmed_batches_score_like_full_ones_and_grouping_keeps_every_sample(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
     from model.train import length_grouped
 
