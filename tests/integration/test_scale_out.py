@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -10,6 +12,8 @@ import redis
 
 from causerec.backfill import backfill
 from loadtests.service_process import ServiceProcess
+from service.redis_server import EmbeddedRedis
+from tests.integration.redis_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +73,50 @@ def test_service_and_backfill_on_a_redis_cluster(tiny_bundle, tiny_dataset, redi
         assert (
             httpx.post(svc.url + "/recommend", json={"user_id": "cluster-new"}).json()["recent_events"] == 3
         )
+
+
+def test_a_lost_cluster_shard_gives_503_not_500_and_recovers(tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster = LocalCluster(tmp_path / "cluster").start()
+    try:
+        with ServiceProcess(
+            tiny_bundle,
+            cluster.url,
+            tmp_path / "svc.log",
+            key_prefix="shard",
+            redis_cluster="true",
+            redis_timeout_s="0.5",
+        ) as svc:
+            users = [f"s{u}" for u in range(30)]
+            for u in users:
+                assert httpx.post(svc.url + "/events", json=_events(u, ["i1", "i2"], 0)).status_code == 200
+            lost = cluster.nodes[1]
+            lost.kill()
+            for wait_s in (0.0, 7.0):  # before and after the cluster notices (node timeout 5 s)
+                time.sleep(wait_s)
+                answers = Counter()
+                for u in users:
+                    started = time.monotonic()
+                    r = httpx.post(svc.url + "/recommend", json={"user_id": u}, timeout=10)
+                    assert time.monotonic() - started < 2.0
+                    answers[r.status_code] += 1
+                assert set(answers) <= {200, 503}, answers
+                assert answers[503] > 0, answers
+            restarted = EmbeddedRedis(
+                lost.data_dir, port=lost.port, appendfsync="always", extra_args=lost.extra_args
+            )
+            cluster.nodes[1] = restarted.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the cluster heals without a service restart
+                statuses = {
+                    httpx.post(svc.url + "/recommend", json={"user_id": u}, timeout=10).status_code
+                    for u in users
+                }
+                if statuses == {200}:
+                    break
+                time.sleep(0.5)
+            assert statuses == {200}
+            for u in users:  # every acknowledged event is back, on every shard
+                again = httpx.post(svc.url + "/events", json=_events(u, ["i1", "i2"], 0)).json()
+                assert again == {"accepted": 0, "duplicates": 2, "invalid": []}
+    finally:
+        cluster.stop()
