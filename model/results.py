@@ -280,6 +280,12 @@ def tuning_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def findings(out: Path) -> str:
+    """The hand-written reading of the numbers (docs/results/findings.md), kept beside the table."""
+    path = out / "findings.md"
+    return path.read_text().strip() if path.is_file() else ""
+
+
 def cost_note(out: Path) -> str:
     path = out / "costs.json"
     if not path.is_file():
@@ -321,6 +327,8 @@ Cost columns: {cost_note(out)}
 {table(out)}
 
 ![NDCG@10 against inference cost](results/ndcg_vs_cost.png)
+
+{findings(out)}
 
 ## Tuning probes (validation split only)
 
