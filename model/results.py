@@ -34,6 +34,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
 TUNING: list[tuple[str, dict[str, Any]]] = [
     *((f"cause L=16, V={v}", {"mode": "cause", "recent_len": 16, "num_buckets": v}) for v in (4, 16)),
     *((f"cause L=16, G={g}", {"mode": "cause", "recent_len": 16, "bucket_size": g}) for g in (8, 64)),
+    ("cause L=16, V=4, G=8", {"mode": "cause", "recent_len": 16, "num_buckets": 4, "bucket_size": 8}),
 ]
 METRICS = ("ndcg@1", "ndcg@10", "ndcg@20", "mrr")
 
