@@ -27,6 +27,8 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("cause L=16, K-Means categories", {"mode": "cause", "recent_len": 16, "kmeans": 18}),
     ("cause L=16, no W_align", {"mode": "cause", "recent_len": 16, "use_align": False}),
     ("cause L=16, no action loss", {"mode": "cause", "recent_len": 16, "action_weight": 0.0}),
+    # Chosen by the tuning probes below (validation NDCG@10 only), then run like every other row.
+    ("cause L=16, V=4 (tuned on validation)", {"mode": "cause", "recent_len": 16, "num_buckets": 4}),
     ("cause L=16, stacked tokens", {"mode": "cause", "recent_len": 16, "token_layout": "stacked"}),
     ("cause L=16, late-fusion tokens", {"mode": "cause", "recent_len": 16, "token_layout": "late-fusion"}),
 ]
