@@ -80,6 +80,12 @@ def train(
     token_layout: str = typer.Option(
         "interleaved", help="interleaved (HSTU) | stacked (GenRank) | late-fusion (AttnLFA)"
     ),
+    compressor: str = typer.Option(
+        "cause", help="cause: V category buckets | memory: C folded memory tokens (Rec2PM, offline only)"
+    ),
+    memory_slots: int = typer.Option(8, help="C: memory tokens (--compressor memory)"),
+    segment_len: int = typer.Option(16, help="S: history events per memory fold (--compressor memory)"),
+    memory_weight: float = typer.Option(1.0, help="lambda: fold-vs-reference consistency loss weight"),
     no_align: bool = typer.Option(False, help="ablation: no W_align projection in bucket tokens"),
     separators: bool = typer.Option(False, help="a separator token between history and recent events"),
     epochs: int = typer.Option(50),
@@ -131,6 +137,10 @@ def train(
         "dropout": dropout,
         "backbone": backbone,
         "token_layout": token_layout,
+        "compressor": compressor,
+        "memory_slots": memory_slots,
+        "segment_len": segment_len,
+        "memory_weight": memory_weight,
         "use_align": not no_align,
         "separators": separators,
     }
@@ -196,9 +206,13 @@ def export(
     out: Path = typer.Option(..., help="bundle directory to write"),
 ) -> None:
     """Write a versioned bundle: ONNX ranking graph (top-k inside), history graph, manifest, catalog."""
-    from export.bundle import export_bundle
+    from export.bundle import UnsupportedModel, export_bundle
 
-    manifest = export_bundle(run_dir, out)
+    try:
+        manifest = export_bundle(run_dir, out)
+    except UnsupportedModel as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
     print(json.dumps({"bundle": str(out), "version": manifest.version, "mode": manifest.mode}))
 
 

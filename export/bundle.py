@@ -33,10 +33,19 @@ def length_buckets(recent_len: int, smallest: int = 8) -> list[int]:
     return [*out, recent_len]
 
 
+class UnsupportedModel(ValueError):
+    """A trained model the bundle format and the store cannot serve yet."""
+
+
 def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
     """Write the bundle for ``run_dir`` into ``out_dir`` (replaced atomically if it exists)."""
     model = load_model(run_dir)
     cfg = model.cfg
+    if cfg.uses_memory:
+        raise UnsupportedModel(
+            "the memory compressor (Rec2PM) trains and evaluates offline only: the store cannot "
+            "fold memories yet, so it has no bundle; export a --compressor cause model"
+        )
     metrics: dict[str, Any] = {}
     run_metrics = run_dir / "metrics.json"
     if run_metrics.is_file():

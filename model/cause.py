@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from model.config import ModelConfig
 from model.hstu import Backbone
 from model.layouts import make_layout
+from model.memory import MemoryCompressor
+from model.samples import SEGMENT_KEYS
 
 USER, HISTORY, ITEM, ACTION = range(4)  # token types
 
@@ -35,7 +37,9 @@ class CauseRecommender(nn.Module):
         self.action_emb = nn.Embedding(cfg.num_actions + 1, d, padding_idx=0)
         self.user_emb = nn.Embedding(cfg.user_hash_buckets, d)
         self.type_emb = nn.Embedding(4, d)
-        if cfg.mode == "cause":
+        if cfg.uses_memory:
+            self.compressor = MemoryCompressor(cfg)
+        elif cfg.mode == "cause":
             self.bucket_emb = nn.Embedding(cfg.num_categories + 1, d)
             self.align = nn.Linear(d, d) if cfg.use_align else nn.Identity()
             if isinstance(self.align, nn.Linear):
@@ -49,10 +53,12 @@ class CauseRecommender(nn.Module):
         self.backbone = Backbone(cfg)
         self.action_head = nn.Linear(d, cfg.num_actions + 1)
         self.layout = make_layout(cfg)
+        # The relative-bias tables start at zero (model.hstu) in the compressor's layers too.
+        owned_rab = set(self.compressor.layers.modules()) if cfg.uses_memory else set()
         # Every embedding starts at one scale: a type or bucket embedding at PyTorch's default
         # N(0, 1) would be ~50x the item embeddings and drown which item a token is.
         for emb in self.modules():
-            if not isinstance(emb, nn.Embedding) or emb in self.backbone.modules():
+            if not isinstance(emb, nn.Embedding) or emb in self.backbone.modules() or emb in owned_rab:
                 continue
             nn.init.normal_(emb.weight, std=0.02)
             if emb.padding_idx is not None:
@@ -155,13 +161,17 @@ class CauseRecommender(nn.Module):
     # ---- training -------------------------------------------------------------------------------
     def forward(
         self, batch: dict[str, torch.Tensor], num_negatives: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training step's losses: DistributedDataParallel hooks into forward()."""
         return self.losses(batch, num_negatives)
 
-    def losses(self, batch: dict[str, torch.Tensor], num_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(next-item InfoNCE, action cross-entropy), each averaged over its valid positions."""
-        out, _ = self.encode(**model_inputs(self, batch))
+    def losses(
+        self, batch: dict[str, torch.Tensor], num_negatives: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(next-item InfoNCE, action cross-entropy, memory consistency), each averaged over its
+        valid positions; the last is 0 unless the memory compressor trains by teacher forcing."""
+        inputs, consistency = history_inputs(self, batch, teacher_forcing=True)
+        out, _ = self.encode(**inputs)
         next_query, action_in = self.layout.heads(
             self, out[:, self.recent_offset :], batch["actions"], batch["mask"]
         )
@@ -183,13 +193,32 @@ class CauseRecommender(nn.Module):
 
         real = batch["mask"]
         action_loss = F.cross_entropy(self.action_head(action_in[real]), batch["actions"][real])
-        return item_loss, action_loss
+        return item_loss, action_loss, consistency
 
 
 def model_inputs(model: CauseRecommender, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    """The encode() arguments from a batch; history tokens are built here in cause mode."""
+    """The encode() arguments from a batch, history tokens built as serving builds them."""
+    return history_inputs(model, batch, teacher_forcing=False)[0]
+
+
+def history_inputs(
+    model: CauseRecommender, batch: dict[str, torch.Tensor], teacher_forcing: bool
+) -> tuple[dict[str, torch.Tensor | None], torch.Tensor]:
+    """(encode() arguments, memory consistency loss). History tokens are built here: bucket tokens
+    in cause mode, or the memory folded from the history's segments (sequentially, or by teacher
+    forcing in training: model.memory)."""
     hist_tokens = hist_mask = hist_ts = None
-    if model.cfg.mode == "cause":
+    consistency = torch.zeros((), device=batch["items"].device)
+    if model.cfg.uses_memory:
+        segs = {k: batch[k] for k in SEGMENT_KEYS}
+        if teacher_forcing:
+            hist_tokens, consistency = model.compressor.teacher_forced(model, segs)
+        else:
+            hist_tokens = model.compressor.sequential(model, segs)
+        c = model.cfg.memory_slots
+        hist_mask = segs["seg_mask"].flatten(1).any(1, keepdim=True).expand(-1, c)
+        hist_ts = (segs["seg_ts"] * segs["seg_mask"]).flatten(1).amax(1, keepdim=True).expand(-1, c)
+    elif model.cfg.mode == "cause":
         hist_tokens = model.history_tokens(batch["bucket_items"], batch["bucket_cats"])
         hist_mask, hist_ts = batch["bucket_mask"], batch["bucket_ts"]
     return {
@@ -201,4 +230,4 @@ def model_inputs(model: CauseRecommender, batch: dict[str, torch.Tensor]) -> dic
         "actions": batch["actions"],
         "ts": batch["ts"],
         "mask": batch["mask"],
-    }
+    }, consistency

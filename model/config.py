@@ -9,6 +9,9 @@ MODES = ("hstu", "hstu-full", "cause")
 # interleaved: item_t, action_t tokens (HSTU); stacked: one token per event (GenRank);
 # late-fusion: item tokens only, actions pooled after the backbone (AttnLFA). See model/layouts.py.
 TOKEN_LAYOUTS = ("interleaved", "stacked", "late-fusion")
+# cause: V category bucket tokens (the paper); memory: C folded preference-memory tokens (Rec2PM,
+# model/memory.py). Both sit in the same input slots, after the user token.
+COMPRESSORS = ("cause", "memory")
 
 
 @dataclass
@@ -33,17 +36,28 @@ class ModelConfig:
     separators: bool = False  # a learned separator token between the history and the recent events
     backbone: str = "hstu"  # "hstu" (pointwise SiLU attention) or "transformer" (softmax)
     token_layout: str = "interleaved"  # how events become backbone tokens (TOKEN_LAYOUTS)
+    compressor: str = "cause"  # how mode=cause compresses the history (COMPRESSORS)
+    memory_slots: int = 8  # C: memory tokens (compressor=memory)
+    segment_len: int = 16  # S: history events folded into the memory at a time
+    memory_weight: float = 1.0  # lambda: weight of the fold-vs-reference consistency loss
 
     def __post_init__(self) -> None:
         assert self.mode in MODES, f"mode must be one of {MODES}"
         assert self.backbone in ("hstu", "transformer")
         assert self.token_layout in TOKEN_LAYOUTS, f"token_layout must be one of {TOKEN_LAYOUTS}"
+        assert self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"
         assert self.d_model % self.num_heads == 0, "d_model must divide into heads"
 
     @property
     def history_tokens(self) -> int:
-        """V if the mode uses history tokens, else 0."""
-        return self.num_buckets if self.mode == "cause" else 0
+        """V (or C with the memory compressor) if the mode uses history tokens, else 0."""
+        if self.mode != "cause":
+            return 0
+        return self.memory_slots if self.uses_memory else self.num_buckets
+
+    @property
+    def uses_memory(self) -> bool:
+        return self.mode == "cause" and self.compressor == "memory"
 
     @property
     def tokens_per_event(self) -> int:

@@ -44,7 +44,7 @@ def evaluate(
     rows, ends, targets = split.users, split.input_end, builder.dataset.item[split.target]
     if max_users is not None:
         rows, ends, targets = rows[:max_users], ends[:max_users], targets[:max_users]
-    order = np.argsort(builder.window_lengths(rows, ends), kind="stable")  # short with short
+    order = np.argsort(builder.cost_lengths(rows, ends), kind="stable")  # short with short
     rows, ends, targets = rows[order], ends[order], targets[order]
     ranks = []
     forward_s, forward_users = 0.0, 0

@@ -31,6 +31,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("cause L=16, V=4 (tuned on validation)", {"mode": "cause", "recent_len": 16, "num_buckets": 4}),
     ("cause L=16, stacked tokens", {"mode": "cause", "recent_len": 16, "token_layout": "stacked"}),
     ("cause L=16, late-fusion tokens", {"mode": "cause", "recent_len": 16, "token_layout": "late-fusion"}),
+    ("L=16, memory compressor (Rec2PM)", {"mode": "cause", "recent_len": 16, "compressor": "memory"}),
 ]
 # Probes of CAUSE's V and G, judged on the validation split only (the table above reports test).
 TUNING: list[tuple[str, dict[str, Any]]] = [
@@ -117,9 +118,10 @@ def kmeans_categories(data_dir: Path, out: Path, seed: int, k: int, epochs: int)
     return path
 
 
-def measure_costs(data_dir: Path, out: Path) -> None:
-    """One epoch of each row's model, alone on the machine: train s/epoch and test forward ms per
-    128 users (cost depends on the architecture and the data, not on the trained weights)."""
+def measure_costs(data_dir: Path, out: Path, only: list[str] | None) -> None:
+    """One epoch of each row's model (or of the ``only`` rows, kept beside the earlier ones), alone
+    on the machine: train s/epoch and test forward ms per 128 users (cost depends on the
+    architecture and the data, not on the trained weights)."""
     import torch
 
     from model.data import load_dataset
@@ -127,8 +129,10 @@ def measure_costs(data_dir: Path, out: Path) -> None:
 
     torch.set_num_threads(int(subprocess.run(["nproc"], capture_output=True, text=True).stdout))
     data = load_dataset("ml-100k", data_dir)
-    rows = {}
+    rows = (costs(out) or {}) if only else {}
     for name, spec in ROWS:
+        if only and name not in only:
+            continue
         spec = {k: v for k, v in spec.items() if k not in ("kmeans", "action_weight")}
         with tempfile.TemporaryDirectory() as tmp:
             result = train(data, spec, TrainConfig(epochs=1, seed=0), Path(tmp) / "r", progress=False)
@@ -136,12 +140,12 @@ def measure_costs(data_dir: Path, out: Path) -> None:
             "train_s_per_epoch": round(result["train_s_per_epoch"], 2),
             "ms_per_batch_128": round(float(result["test"]["ms_per_batch_128"]), 2),
             "seq_len": result["seq_len"],
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         print(name, rows[name], flush=True)
     record = {
         "command": f"python -m model.results --data-dir {data_dir} --costs",
         "machine": machine(),
-        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "rows": rows,
     }
     (out / "costs.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -209,8 +213,8 @@ def plot(out: Path) -> None:
             x,
             y,
             yerr=np.std([r["test"]["ndcg@10"] for r in rs]),
-            fmt="o" if "cause" in name else "s",
-            color="C1" if "cause" in name else "C0",
+            fmt="o" if spec["mode"] == "cause" else "s",  # compressed history or raw events only
+            color="C1" if spec["mode"] == "cause" else "C0",
         )
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
@@ -240,7 +244,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.costs:
-        measure_costs(args.data_dir, args.out)
+        measure_costs(args.data_dir, args.out, args.rows)
         args.table_only = True
     if args.table_only:
         write_results(args.out, args.seeds)
@@ -296,7 +300,7 @@ def cost_note(out: Path) -> str:
     record = json.loads(path.read_text())
     return (
         f"one epoch of each row's model measured alone on the machine (`{record['command']}`, "
-        f"{record['measured_at']}, [costs.json](results/costs.json)): train seconds per epoch, and the "
+        "[costs.json](results/costs.json) says when each row was measured): train seconds per epoch, and the "
         "forward pass over the test users in batches of 128, PyTorch on the CPU, batches trimmed to "
         "their longest window as in training. The sweep ran two jobs at once on 2 cores, so its own "
         "timings are not used."
@@ -323,8 +327,10 @@ Protocol: positives are ratings >= 4 (938 users, 1,447 items, 18 genres as many-
 leave-one-out in time order; early stopping on validation NDCG@10 (patience 5, at most 40 epochs);
 the table reports the **test** split, full ranking over all items with the user's earlier items
 masked; mean ± std over seeds. HSTU backbone for every row: 3 layers, d=64, 8 heads, 200 sampled
-negatives; CAUSE with V=8 buckets of G=32 items. Input tokens = 1 + V + 2L (interleaved layout) or
-1 + V + L (stacked, late-fusion: one token per event). Machine: {machine()}.
+negatives; CAUSE with V=8 buckets of G=32 items; the memory compressor (Rec2PM) with C=8 memory
+tokens folded from segments of S=16 history events. Input tokens = 1 + V + 2L (interleaved layout)
+or 1 + V + L (stacked, late-fusion: one token per event), with C in place of V for the memory row.
+Machine: {machine()}.
 Cost columns: {cost_note(out)}
 
 {table(out)}

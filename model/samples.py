@@ -48,7 +48,37 @@ def pad_buckets(buckets: list[Bucket], num_buckets: int, bucket_size: int) -> di
     return out
 
 
+def pad_segments(history: list[Event], segment_len: int) -> dict[str, np.ndarray]:
+    """The history cut into segments of S events from the first event, (K, S) each; the last
+    segment may be open (right-padded). K = 0 for an empty history."""
+    k = -(-len(history) // segment_len)
+    out = {
+        "seg_items": np.zeros((k, segment_len), np.int64),
+        "seg_actions": np.zeros((k, segment_len), np.int64),
+        "seg_ts": np.zeros((k, segment_len), np.int64),
+        "seg_mask": np.zeros((k, segment_len), bool),
+    }
+    for i, e in enumerate(history):
+        j, t = divmod(i, segment_len)
+        out["seg_items"][j, t], out["seg_actions"][j, t], out["seg_ts"][j, t] = e.item, e.action, e.ts
+        out["seg_mask"][j, t] = True
+    return out
+
+
+def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack per-sample arrays; segment arrays are padded with empty segments to the longest."""
+    out = {}
+    for key in samples[0]:
+        arrays = [s[key] for s in samples]
+        if key in SEGMENT_KEYS:
+            k = max(max(len(a) for a in arrays), 1)
+            arrays = [np.concatenate([a, np.zeros((k - len(a), *a.shape[1:]), a.dtype)]) for a in arrays]
+        out[key] = np.stack(arrays)
+    return out
+
+
 RECENT_KEYS = ("items", "actions", "ts", "mask", "target_next")  # (B, L) left-padded arrays
+SEGMENT_KEYS = ("seg_items", "seg_actions", "seg_ts", "seg_mask")  # (B, K, S) history segments
 
 
 @dataclass
@@ -74,7 +104,9 @@ class SampleBuilder:
         history, recent = split_recent(self.events_before(row, end), self.cfg.recent_len)
         out = pad_recent(recent, self.cfg.recent_len)
         out["user_hash"] = self._hash[row]
-        if self.cfg.mode == "cause":
+        if self.cfg.uses_memory:
+            out.update(pad_segments(history, self.cfg.segment_len))
+        elif self.cfg.mode == "cause":
             buckets = bucketize(
                 history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size
             )
@@ -92,7 +124,7 @@ class SampleBuilder:
         """Stacked samples. ``trim`` drops the columns of left padding that every sample has: the
         backbone is padding-invariant, so only the cost changes (a batch of short windows stays short)."""
         samples = [self.sample(int(r), int(e), with_targets) for r, e in zip(rows, ends, strict=True)]
-        out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+        out = stack(samples)
         if trim:
             keep = max(int(out["mask"].sum(1).max()), 1)
             for k in RECENT_KEYS:
@@ -100,9 +132,12 @@ class SampleBuilder:
                     out[k] = out[k][:, -keep:]
         return out
 
-    def window_lengths(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Recent-window length of each sample (events before ``end``, at most L)."""
-        return np.minimum(ends - self.dataset.user_offsets[rows], self.cfg.recent_len)
+    def cost_lengths(self, rows: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """What a sample's cost grows with, to batch similar samples together: the recent-window
+        length (events before ``end``, at most L), or with the memory compressor all its events
+        (the history's segments are padded to the longest in a batch)."""
+        events = ends - self.dataset.user_offsets[rows]
+        return events if self.cfg.uses_memory else np.minimum(events, self.cfg.recent_len)
 
     def seen_items(self, row: int, end: int) -> np.ndarray:
         """Every item the user interacted with before ``end``."""

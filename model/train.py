@@ -175,7 +175,7 @@ def _train(
         # A global batch smaller than the world would leave a rank idle: every rank skips it.
         steps = [
             b
-            for b in length_grouped(builder.window_lengths(rows, ends), batch_size, rng)
+            for b in length_grouped(builder.cost_lengths(rows, ends), batch_size, rng)
             if len(b) >= ctx.world
         ]
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
@@ -184,12 +184,13 @@ def _train(
             batch = to_tensors(builder.batch(rows[mine], ends[mine], True, trim=True), ctx.device)
             local = [(batch["target_next"] > 0).sum(), batch["mask"].sum()]
             n_items, n_actions = ctx.global_counts(*local)
-            item_loss, action_loss = step_model(batch, cfg.num_negatives)
+            item_loss, action_loss, consistency = step_model(batch, cfg.num_negatives)
             # Each rank's mean weighted by its share of the global terms: DDP's average of these
             # gradients is the gradient of the global-batch mean (exactly the single-process loss).
             scale_i = float(local[0]) * ctx.world / max(n_items, 1.0)
             scale_a = float(local[1]) * ctx.world / max(n_actions, 1.0)
             loss = cfg.item_loss_weight * scale_i * item_loss + cfg.action_loss_weight * scale_a * action_loss
+            loss = loss + model.cfg.memory_weight * consistency
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

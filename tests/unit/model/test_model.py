@@ -104,7 +104,7 @@ def test_loss_decreases(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        item, action = model.losses(batch, num_negatives=50)
+        item, action, _ = model.losses(batch, num_negatives=50)
         opt.zero_grad()
         (item + action).backward()
         opt.step()
