@@ -84,8 +84,8 @@ def train(
         "cause", help="cause: V category buckets | memory: C folded memory tokens (Rec2PM, offline only)"
     ),
     memory_slots: int = typer.Option(8, help="C: memory tokens (--compressor memory)"),
-    segment_len: int = typer.Option(16, help="S: history events per memory fold (--compressor memory)"),
-    memory_weight: float = typer.Option(1.0, help="lambda: fold-vs-reference consistency loss weight"),
+    segment_len: int = typer.Option(8, help="S: history events per memory fold (--compressor memory)"),
+    memory_weight: float = typer.Option(0.1, help="lambda: fold-vs-reference consistency loss weight"),
     no_align: bool = typer.Option(False, help="ablation: no W_align projection in bucket tokens"),
     separators: bool = typer.Option(False, help="a separator token between history and recent events"),
     epochs: int = typer.Option(50),

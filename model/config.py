@@ -38,8 +38,8 @@ class ModelConfig:
     token_layout: str = "interleaved"  # how events become backbone tokens (TOKEN_LAYOUTS)
     compressor: str = "cause"  # how mode=cause compresses the history (COMPRESSORS)
     memory_slots: int = 8  # C: memory tokens (compressor=memory)
-    segment_len: int = 16  # S: history events folded into the memory at a time
-    memory_weight: float = 1.0  # lambda: weight of the fold-vs-reference consistency loss
+    segment_len: int = 8  # S: history events folded into the memory at a time
+    memory_weight: float = 0.1  # lambda: weight of the fold-vs-reference consistency loss (docs/VARIANTS.md)
 
     def __post_init__(self) -> None:
         assert self.mode in MODES, f"mode must be one of {MODES}"
