@@ -53,12 +53,11 @@ class CauseRecommender(nn.Module):
         self.backbone = Backbone(cfg)
         self.action_head = nn.Linear(d, cfg.num_actions + 1)
         self.layout = make_layout(cfg)
-        # The relative-bias tables start at zero (model.hstu) in the compressor's layers too.
-        owned_rab = set(self.compressor.layers.modules()) if cfg.uses_memory else set()
-        # Every embedding starts at one scale: a type or bucket embedding at PyTorch's default
-        # N(0, 1) would be ~50x the item embeddings and drown which item a token is.
-        for emb in self.modules():
-            if not isinstance(emb, nn.Embedding) or emb in self.backbone.modules() or emb in owned_rab:
+        # The model's own embeddings start at one scale: a type or bucket embedding at PyTorch's
+        # default N(0, 1) would be ~50x the item embeddings and drown which item a token is. Only
+        # direct children: the HSTU layers' relative-bias tables (backbone, compressor) start at 0.
+        for emb in self.children():
+            if not isinstance(emb, nn.Embedding):
                 continue
             nn.init.normal_(emb.weight, std=0.02)
             if emb.padding_idx is not None:
