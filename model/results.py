@@ -157,6 +157,11 @@ def measure_costs(data_dir: Path, out: Path, only: list[str] | None) -> None:
     (out / "costs.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def records(folder: Path) -> list[dict[str, Any]]:
+    """Every finished run (or probe) record in ``folder``."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
 def costs(out: Path) -> dict[str, dict[str, float]] | None:
     path = out / "costs.json"
     return json.loads(path.read_text())["rows"] if path.is_file() else None  # type: ignore[no-any-return]
@@ -175,7 +180,7 @@ def cost_of(
 
 
 def table(out: Path) -> str:
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = records(out / "runs")
     measured = costs(out)
     lines = [
         "| model | input tokens | "
@@ -206,7 +211,7 @@ def plot(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = records(out / "runs")
     measured = costs(out)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, spec in ROWS:
@@ -275,10 +280,10 @@ def main() -> None:
 
 def tuning_table(out: Path) -> str:
     """Validation NDCG@10 of the V/G probes next to the default (V=8, G=32) on the same seeds."""
-    probes = [json.loads(p.read_text()) for p in sorted((out / "tuning").glob("*.json"))]
+    probes = records(out / "tuning")
     if not probes:
         return "No probes run yet (`python -m model.results --data-dir ... --tuning --seeds 0`)."
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    runs = records(out / "runs")
     seeds = sorted({p["seed"] for p in probes})
     base = [r for r in runs if r["row"] == "cause L=16" and r["seed"] in seeds and "valid" in r]
     lines = ["| CAUSE L=16 | valid N@10 | valid MRR | seeds |", "|---|---|---|---|"]
