@@ -205,14 +205,11 @@ def export(
     run_dir: Path = typer.Argument(..., help="a run directory from `causerec train`"),
     out: Path = typer.Option(..., help="bundle directory to write"),
 ) -> None:
-    """Write a versioned bundle: ONNX ranking graph (top-k inside), history graph, manifest, catalog."""
-    from export.bundle import UnsupportedModel, export_bundle
+    """Write a versioned bundle: ONNX ranking graph (top-k inside), the store's history graph (bucket
+    tokens) or fold graph (memory compressor), manifest, catalog."""
+    from export.bundle import export_bundle
 
-    try:
-        manifest = export_bundle(run_dir, out)
-    except UnsupportedModel as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+    manifest = export_bundle(run_dir, out)
     print(json.dumps({"bundle": str(out), "version": manifest.version, "mode": manifest.mode}))
 
 

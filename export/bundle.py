@@ -10,12 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from export.graphs import export_history_graph, export_ranking_graph
+import numpy as np
+
+from export.graphs import export_fold_graph, export_history_graph, export_ranking_graph
 from model.bundle_format import (
     CATALOG,
+    FOLD_GRAPH,
     FORMAT_VERSION,
     HISTORY_GRAPH,
     MANIFEST,
+    MEMORY_INIT,
     OPSET,
     RANKING_GRAPH,
     Manifest,
@@ -33,19 +37,10 @@ def length_buckets(recent_len: int, smallest: int = 8) -> list[int]:
     return [*out, recent_len]
 
 
-class UnsupportedModel(ValueError):
-    """A trained model the bundle format and the store cannot serve yet."""
-
-
 def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
     """Write the bundle for ``run_dir`` into ``out_dir`` (replaced atomically if it exists)."""
     model = load_model(run_dir)
     cfg = model.cfg
-    if cfg.uses_memory:
-        raise UnsupportedModel(
-            "the memory compressor (Rec2PM) trains and evaluates offline only: the store cannot "
-            "fold memories yet, so it has no bundle; export a --compressor cause model"
-        )
     metrics: dict[str, Any] = {}
     run_metrics = run_dir / "metrics.json"
     if run_metrics.is_file():
@@ -58,7 +53,10 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
     try:
         export_ranking_graph(model, staging / RANKING_GRAPH)
-        if cfg.mode == "cause":
+        if cfg.uses_memory:
+            export_fold_graph(model, staging / FOLD_GRAPH)
+            np.save(staging / MEMORY_INIT, model.compressor.initial.detach().numpy().astype(np.float32))
+        elif cfg.mode == "cause":
             export_history_graph(model, staging / HISTORY_GRAPH)
         shutil.copy(run_dir / CATALOG, staging / CATALOG)
         files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
@@ -72,7 +70,9 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
             recent_len=cfg.recent_len,
             length_buckets=length_buckets(cfg.recent_len),
             num_buckets=cfg.history_tokens,
-            bucket_size=cfg.bucket_size,
+            bucket_size=0 if cfg.uses_memory else cfg.bucket_size,
+            compressor=cfg.compressor if cfg.mode == "cause" else "cause",
+            segment_len=cfg.segment_len if cfg.uses_memory else 0,
             d_model=cfg.d_model,
             opset=OPSET,
             num_items=cfg.num_items,

@@ -1,10 +1,11 @@
-"""The two ONNX graphs of a bundle, traced from the same torch modules training uses.
+"""The ONNX graphs of a bundle, traced from the same torch modules training uses.
 
 ranking graph   (user, history tokens, recent events, exclusions, k) -> top-k (scores, ids)
 history graph   (bucket items, bucket category) -> bucket tokens      (eq. 4, for the store)
+fold graph      (memory, one segment of events) -> next memory       (memory compressor, for the store)
 
-Tracing both from ``CauseRecommender`` keeps one definition of every formula: the store never
-re-implements the bucket token, it runs this graph.
+Tracing them from ``CauseRecommender`` keeps one definition of every formula: the store never
+re-implements the bucket token or the fold, it runs these graphs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from model.bundle_format import HISTORY_INPUTS, HISTORY_OUTPUTS, OPSET, RANK_INPUTS
+from model.bundle_format import (
+    FOLD_INPUTS,
+    FOLD_OUTPUTS,
+    HISTORY_INPUTS,
+    HISTORY_OUTPUTS,
+    OPSET,
+    RANK_INPUTS,
+)
 from model.cause import CauseRecommender
 
 
@@ -69,6 +77,23 @@ class HistoryGraph(nn.Module):
     def forward(self, bucket_items: torch.Tensor, bucket_cats: torch.Tensor) -> torch.Tensor:
         """bucket_items (n, G) int64 (0 = empty slot), bucket_cats (n,) int64 -> (n, D) float32."""
         return self.model.history_tokens(bucket_items.unsqueeze(0), bucket_cats.unsqueeze(0)).squeeze(0)
+
+
+class FoldGraph(nn.Module):
+    def __init__(self, model: CauseRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        seg_items: torch.Tensor,
+        seg_actions: torch.Tensor,
+        seg_ts: torch.Tensor,
+        seg_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """memory (n, C, D) float32, one segment per row (n, S) -> the next memory (n, C, D)."""
+        return self.model.compressor.fold(self.model, memory, seg_items, seg_actions, seg_ts, seg_mask)
 
 
 def example_inputs(model: CauseRecommender, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -136,6 +161,29 @@ def export_history_graph(model: CauseRecommender, path: Path) -> None:
         input_names=list(HISTORY_INPUTS),
         output_names=list(HISTORY_OUTPUTS),
         dynamic_axes={"bucket_items": {0: "n"}, "bucket_cats": {0: "n"}, "tokens": {0: "n"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def export_fold_graph(model: CauseRecommender, path: Path) -> None:
+    cfg = model.cfg
+    n, s = 3, cfg.segment_len
+    example = (
+        torch.zeros(n, cfg.memory_slots, cfg.d_model),
+        torch.ones(n, s, dtype=torch.int64),
+        torch.ones(n, s, dtype=torch.int64),
+        torch.zeros(n, s, dtype=torch.int64),
+        torch.ones(n, s, dtype=torch.bool),
+    )
+    torch.onnx.export(
+        FoldGraph(model).eval(),
+        example,
+        str(path),
+        input_names=list(FOLD_INPUTS),
+        output_names=list(FOLD_OUTPUTS),
+        dynamic_axes={name: {0: "n"} for name in (*FOLD_INPUTS, *FOLD_OUTPUTS)},
         opset_version=OPSET,
         dynamo=False,
     )

@@ -9,6 +9,13 @@ them). CAUSE's input does not grow with the history (1 + 8 + 2 x 64 = 137 tokens
 (1 + 2 x n). Configurations whose attention scores alone would exceed ``--max-attention-gb`` are
 recorded as skipped with the memory they would need, rather than run. Medians over repeated calls.
 Writes the JSON and a PNG of ms per call against history length.
+
+    python -m loadtests.bench_model --variants --batches 1 32
+
+instead compares the variants at the longest history (loadtests/results/bench_variants.json): CAUSE
+in each token layout, the memory compressor (C=8, S=8) and HSTU-full, plus the memory compressor's
+store-side cost: one fold call (what each appended history event costs) and a whole refold of the
+history (what a new model or an out-of-order event costs per user).
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graphs import ScoringGraph, export_ranking_graph
+from export.graphs import ScoringGraph, export_fold_graph, export_ranking_graph
 from model.cause import CauseRecommender
 from model.config import TOKEN_LAYOUTS, ModelConfig
 from model.results import machine
 
 
-def make_model(mode: str, recent_len: int, num_items: int, layout: str = "interleaved") -> CauseRecommender:
+def make_model(
+    mode: str, recent_len: int, num_items: int, layout: str = "interleaved", compressor: str = "cause"
+) -> CauseRecommender:
     torch.manual_seed(0)
     cfg = ModelConfig(
         num_items=num_items,
@@ -48,6 +57,9 @@ def make_model(mode: str, recent_len: int, num_items: int, layout: str = "interl
         dropout=0.0,
         max_rel_pos=4200,
         token_layout=layout,
+        compressor=compressor,
+        memory_slots=8,
+        segment_len=8,
     )
     cats = torch.randint(1, 21, (num_items + 1, 2))
     return CauseRecommender(cfg, cats).eval()
@@ -67,6 +79,21 @@ def inputs(model: CauseRecommender, batch: int, rng: np.random.Generator) -> dic
         "mask": np.ones((batch, length), bool),
         "exclude": rng.integers(1, cfg.num_items + 1, (batch, 64)),
         "k": np.array([20], np.int64),
+    }
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def timing(times: list[float]) -> dict[str, Any]:
+    return {
+        "ms_median": round(statistics.median(times), 3),
+        "ms_p90": round(float(np.percentile(times, 90)), 3),
+        "calls": len(times),
     }
 
 
@@ -90,16 +117,14 @@ def bench(
     max_attention_gb: float,
     tmp: Path,
     layout: str = "interleaved",
+    compressor: str = "cause",
 ) -> list[dict[str, Any]]:
     recent = 64 if mode == "cause" else history
-    model = make_model(mode, recent, num_items, layout)
-    path = tmp / f"{mode}-{recent}-{layout}.onnx"
+    model = make_model(mode, recent, num_items, layout, compressor)
+    path = tmp / f"{mode}-{recent}-{layout}-{compressor}.onnx"
     export_ranking_graph(model, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
+    ranker = session(path, threads)
+    names = {i.name for i in ranker.get_inputs()}
     torch.set_num_threads(threads)
     scorer = ScoringGraph(model).eval()
     rng = np.random.default_rng(0)
@@ -110,6 +135,7 @@ def bench(
         base = {
             "mode": mode,
             "token_layout": layout,
+            "compressor": compressor if mode == "cause" else None,
             "history_events": history,
             "input_tokens": seq,
             "batch": batch,
@@ -129,20 +155,64 @@ def bench(
                 scorer(**t).topk(20, dim=1)
 
         for runtime, fn in (
-            ("onnxruntime", lambda f=ort_feeds: session.run(None, f)),
+            ("onnxruntime", lambda f=ort_feeds: ranker.run(None, f)),
             ("torch-eager", run_torch),
         ):
-            times = time_calls(fn)
-            rows.append(
-                {
-                    **base,
-                    "runtime": runtime,
-                    "ms_median": round(statistics.median(times), 3),
-                    "ms_p90": round(float(np.percentile(times, 90)), 3),
-                    "calls": len(times),
-                }
-            )
+            rows.append({**base, "runtime": runtime, **timing(time_calls(fn))})
             print(json.dumps(rows[-1]), flush=True)  # noqa: T201 - progress of a long benchmark
+    return rows
+
+
+def bench_fold(history: int, batches: list[int], threads: int, tmp: Path) -> list[dict[str, Any]]:
+    """The memory compressor's store-side cost in ONNX Runtime: one fold call per batch size, and a
+    refold of a whole history (L=64 recent, the rest in segments of S) one segment after another."""
+    model = make_model("cause", 64, 1000, compressor="memory")
+    cfg = model.cfg
+    path = tmp / "fold.onnx"
+    export_fold_graph(model, path)
+    folder = session(path, threads)
+    rng = np.random.default_rng(0)
+
+    def feeds(n: int) -> dict[str, np.ndarray]:
+        s = cfg.segment_len
+        return {
+            "memory": rng.standard_normal((n, cfg.memory_slots, cfg.d_model)).astype(np.float32),
+            "seg_items": rng.integers(1, cfg.num_items + 1, (n, s)),
+            "seg_actions": rng.integers(1, 3, (n, s)),
+            "seg_ts": np.sort(rng.integers(0, 10**6, (n, s)), axis=1),
+            "seg_mask": np.ones((n, s), bool),
+        }
+
+    base = {"graph": "fold", "memory_slots": cfg.memory_slots, "segment_len": cfg.segment_len}
+    rows = []
+    for batch in batches:
+        f = feeds(batch)
+        rows.append(
+            {
+                **base,
+                "what": "one fold call",
+                "batch": batch,
+                **timing(time_calls(lambda f=f: folder.run(None, f))),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)  # noqa: T201
+    segments = -(-(history - 64) // cfg.segment_len)
+    one = feeds(1)
+
+    def refold() -> None:
+        memory = one["memory"]
+        for _ in range(segments):
+            memory = folder.run(None, {**one, "memory": memory})[0]
+
+    rows.append(
+        {
+            **base,
+            "what": f"refold {history - 64} history events ({segments} segments)",
+            "batch": 1,
+            **timing(time_calls(refold, min_calls=3, max_calls=20)),
+        }
+    )
+    print(json.dumps(rows[-1]), flush=True)  # noqa: T201
     return rows
 
 
@@ -155,18 +225,20 @@ def main() -> None:
     parser.add_argument("--max-attention-gb", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=None, help="default: loadtests/results/<bench>.json")
     parser.add_argument(
-        "--layouts",
+        "--variants",
         action="store_true",
-        help="instead: CAUSE (L=64, V=8) in each token layout next to HSTU-full at the longest history",
+        help="instead: CAUSE (L=64) in each token layout, the memory compressor and HSTU-full at the "
+        "longest history, plus the memory compressor's fold costs",
     )
     args = parser.parse_args()
-    default_name = "bench_layouts.json" if args.layouts else "bench_model.json"
+    default_name = "bench_variants.json" if args.variants else "bench_model.json"
     args.out = args.out or Path("loadtests/results") / default_name
     rows = []
-    if args.layouts:
+    if args.variants:
         with tempfile.TemporaryDirectory() as tmp:
             history = max(args.histories)
-            for layout in TOKEN_LAYOUTS:
+            variants = [(layout, "cause") for layout in TOKEN_LAYOUTS] + [("interleaved", "memory")]
+            for layout, compressor in variants:
                 cause = bench(
                     "cause",
                     64,
@@ -176,8 +248,10 @@ def main() -> None:
                     args.max_attention_gb,
                     Path(tmp),
                     layout,
+                    compressor,
                 )
                 rows += [{**r, "history_events": history} for r in cause]
+            rows += bench_fold(history, args.batches, args.threads, Path(tmp))
             rows += bench(
                 "hstu-full", history, [1], args.items, args.threads, args.max_attention_gb, Path(tmp)
             )
@@ -200,9 +274,9 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k not in ("out", "layouts")
+            if k not in ("out", "variants")
         )
-        + (" --layouts" if args.layouts else ""),
+        + (" --variants" if args.variants else ""),
         "machine": machine(),
         "device": "cpu",
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -224,7 +298,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         pts = sorted(
             (r["history_events"], r["ms_median"])
             for r in rows
-            if r["mode"] == mode
+            if r.get("mode") == mode
             and r["batch"] == batch
             and r["runtime"] == "onnxruntime"
             and "ms_median" in r

@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RANKING_GRAPH = "model.onnx"
 HISTORY_GRAPH = "history.onnx"
+FOLD_GRAPH = "fold.onnx"  # memory compressor: (memory, one segment) -> next memory
+MEMORY_INIT = "memory_init.npy"  # memory compressor: M_0, (C, D) float32
 CATALOG = "catalog.json"
 OPSET = 17
 SUPPORTED_OPSETS = range(17, 22)
@@ -37,6 +39,8 @@ RANK_INPUTS = (
 RANK_OUTPUTS = ("scores", "ids")
 HISTORY_INPUTS = ("bucket_items", "bucket_cats")
 HISTORY_OUTPUTS = ("tokens",)
+FOLD_INPUTS = ("memory", "seg_items", "seg_actions", "seg_ts", "seg_mask")
+FOLD_OUTPUTS = ("next_memory",)
 
 
 def file_sha256(path: Path) -> str:
@@ -58,8 +62,12 @@ class Manifest(BaseModel):
     token_layout: str = Field("interleaved", description="interleaved | stacked | late-fusion")
     recent_len: int = Field(description="L: the most recent events fed raw")
     length_buckets: list[int] = Field(description="recent lengths the engine pads to (ascending, last = L)")
-    num_buckets: int = Field(description="V: history tokens (0 when the mode has none)")
-    bucket_size: int = Field(description="G: items kept per bucket")
+    num_buckets: int = Field(
+        description="history tokens: V buckets, or C memory slots (0 when the mode has none)"
+    )
+    bucket_size: int = Field(description="G: items kept per bucket (0: no buckets, the memory compressor)")
+    compressor: str = Field("cause", description="cause (bucket tokens) | memory (folded memory, Rec2PM)")
+    segment_len: int = Field(0, description="S: history events folded at a time (memory compressor)")
     d_model: int
     opset: int
     num_items: int

@@ -20,7 +20,7 @@ from model.config import ModelConfig
 from model.hstu import Backbone
 from model.layouts import make_layout
 from model.memory import MemoryCompressor
-from model.samples import SEGMENT_KEYS
+from model.segments import SEGMENT_KEYS
 
 USER, HISTORY, ITEM, ACTION = range(4)  # token types
 

@@ -13,6 +13,7 @@ import numpy as np
 from model.bucketing import Bucket, Event, bucketize, split_recent
 from model.config import ModelConfig
 from model.data import Dataset
+from model.segments import SEGMENT_KEYS, cut_segments, segment_arrays
 from model.user_hash import user_hash_bucket
 
 
@@ -49,20 +50,10 @@ def pad_buckets(buckets: list[Bucket], num_buckets: int, bucket_size: int) -> di
 
 
 def pad_segments(history: list[Event], segment_len: int) -> dict[str, np.ndarray]:
-    """The history cut into segments of S events from the first event, (K, S) each; the last
-    segment may be open (right-padded). K = 0 for an empty history."""
-    k = -(-len(history) // segment_len)
-    out = {
-        "seg_items": np.zeros((k, segment_len), np.int64),
-        "seg_actions": np.zeros((k, segment_len), np.int64),
-        "seg_ts": np.zeros((k, segment_len), np.int64),
-        "seg_mask": np.zeros((k, segment_len), bool),
-    }
-    for i, e in enumerate(history):
-        j, t = divmod(i, segment_len)
-        out["seg_items"][j, t], out["seg_actions"][j, t], out["seg_ts"][j, t] = e.item, e.action, e.ts
-        out["seg_mask"][j, t] = True
-    return out
+    """The history cut into segments (model.segments), the open last one included: (K, S) arrays,
+    K = 0 for an empty history."""
+    full, open_segment = cut_segments(history, segment_len)
+    return segment_arrays(full + ([open_segment] if open_segment else []), segment_len)
 
 
 def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -78,7 +69,6 @@ def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 RECENT_KEYS = ("items", "actions", "ts", "mask", "target_next")  # (B, L) left-padded arrays
-SEGMENT_KEYS = ("seg_items", "seg_actions", "seg_ts", "seg_mask")  # (B, K, S) history segments
 
 
 @dataclass

@@ -11,9 +11,11 @@ from pydantic import ValidationError
 
 from model.bundle_format import (
     CATALOG,
+    FOLD_GRAPH,
     FORMAT_VERSION,
     HISTORY_GRAPH,
     MANIFEST,
+    MEMORY_INIT,
     RANKING_GRAPH,
     SUPPORTED_OPSETS,
     Catalog,
@@ -36,6 +38,11 @@ class Bundle:
     @property
     def has_history(self) -> bool:
         return self.manifest.num_buckets > 0
+
+    @property
+    def uses_memory(self) -> bool:
+        """History tokens are a folded memory (fold graph), not bucket tokens (history graph)."""
+        return self.has_history and self.manifest.compressor == "memory"
 
     @cached_property
     def item_index(self) -> dict[str, int]:
@@ -81,7 +88,8 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{manifest_path}: opset {manifest.opset} not supported "
             f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})"
         )
-    required = [RANKING_GRAPH, CATALOG] + ([HISTORY_GRAPH] if manifest.num_buckets > 0 else [])
+    history_files = [FOLD_GRAPH, MEMORY_INIT] if manifest.compressor == "memory" else [HISTORY_GRAPH]
+    required = [RANKING_GRAPH, CATALOG] + (history_files if manifest.num_buckets > 0 else [])
     for name in required:
         if name not in manifest.files:
             raise BundleError(f"{manifest_path}: does not list {name}")

@@ -1,4 +1,5 @@
-"""ONNX Runtime inference for a bundle: the ranking graph and the history-token graph. No torch.
+"""ONNX Runtime inference for a bundle: the ranking graph and the store's history-token graph (bucket
+tokens) or fold graph (memory compressor). No torch.
 
 CUDA is used when the CUDA execution provider is available *and* active after the session is
 created (ONNX Runtime silently falls back to the CPU when the CUDA libraries are missing), else CPU.
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from model.bundle_format import HISTORY_GRAPH, RANKING_GRAPH
+from model.bundle_format import FOLD_GRAPH, FOLD_OUTPUTS, HISTORY_GRAPH, MEMORY_INIT, RANKING_GRAPH
 from service.bundle import Bundle
 from service.errors import BundleError
 
@@ -68,11 +69,13 @@ class Engine:
         self.bundle = bundle
         m = bundle.manifest
         self.ranker = make_session(str(bundle.path / RANKING_GRAPH), device, intra_op_threads)
-        self.history = (
-            make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
-            if bundle.has_history
-            else None
-        )
+        self.history = self.folder = None
+        self.initial_memory = np.zeros((0, m.d_model), np.float32)
+        if bundle.uses_memory:
+            self.folder = make_session(str(bundle.path / FOLD_GRAPH), device, intra_op_threads)
+            self.initial_memory = self._load_initial_memory()
+        elif bundle.has_history:
+            self.history = make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
         self.device = "cuda" if CUDA in self.ranker.get_providers() else "cpu"
         # On CUDA, inputs are copied to the device once at bind time and only the k ids and scores
         # come back; the (batch, num_items) score matrix never leaves the GPU. Default: on for CUDA.
@@ -97,6 +100,27 @@ class Engine:
             None, {"bucket_items": bucket_items.astype(np.int64), "bucket_cats": bucket_cats.astype(np.int64)}
         )
         return np.asarray(out[0], np.float32)
+
+    def _load_initial_memory(self) -> np.ndarray:
+        path = self.bundle.path / MEMORY_INIT
+        m = self.bundle.manifest
+        try:
+            initial = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: unreadable: {exc}") from None
+        if initial.shape != (m.num_buckets, m.d_model) or initial.dtype != np.float32:
+            raise BundleError(
+                f"{path}: {initial.dtype}{list(initial.shape)}, "
+                f"expected float32[{m.num_buckets}, {m.d_model}]"
+            )
+        return np.asarray(initial, np.float32)
+
+    def fold(self, memory: np.ndarray, segments: dict[str, np.ndarray]) -> np.ndarray:
+        """memory (n, C, D) float32 + one segment per row (n, S arrays per model.segments) -> (n, C, D)."""
+        if self.folder is None:
+            raise BundleError(f"bundle {self.bundle.version} has no fold graph (not a memory compressor)")
+        feeds = {"memory": np.ascontiguousarray(memory, np.float32), **segments}
+        return np.asarray(self.folder.run(list(FOLD_OUTPUTS), feeds)[0], np.float32)
 
     # ---- ranking ---------------------------------------------------------------------------------
     def padded_length(self, n: int) -> int:
@@ -168,3 +192,8 @@ class Engine:
             self.bucket_tokens(
                 np.ones((1, self.bundle.manifest.bucket_size), np.int64), np.zeros(1, np.int64)
             )
+        if self.folder is not None:
+            s = self.bundle.manifest.segment_len
+            one = np.ones((1, s), np.int64)
+            segment = {"seg_items": one, "seg_actions": one, "seg_ts": one * 0, "seg_mask": one > 0}
+            self.fold(self.initial_memory[None], segment)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from service.bundle import Bundle, load_bundle
 from service.engine import Engine
+from service.memory_store import MemoryView
 from service.store import ModelView
 
 
@@ -38,5 +39,8 @@ def load_model(
         d_model=m.d_model,
         categories_of=bundle.categories_of,
         bucket_tokens=engine.bucket_tokens,
+        memory=(
+            MemoryView(m.segment_len, engine.initial_memory, engine.fold) if bundle.uses_memory else None
+        ),
     )
     return LoadedModel(bundle, engine, view)

@@ -2,7 +2,8 @@
 
 A request never re-reads the long-term history: ``read`` fetches the recent window and the tokens
 (2 keys per user, one pipeline for the whole batch). ``append`` runs the shared bucketing rule
-incrementally and recomputes only the buckets an event lands in.
+incrementally and recomputes only the buckets an event lands in. For a memory-compressor bundle
+the raw history and the folded memory replace the buckets (service.memory_store); reads are the same.
 
 Consistency: appends are optimistic transactions (WATCH the users' recent keys, read, compute,
 MULTI/EXEC; retry on conflict), so concurrent writers on one user never lose an event. The raw
@@ -26,15 +27,21 @@ from redis.exceptions import RedisError, WatchError
 
 from model.bucketing import Bucket, CategoriesOf, Event, UserState, bucket_categories
 from service.errors import StoreConflict, StoreUnavailable
+from service.memory_store import FoldJob, MemoryView, extend_job, refold_job, run_folds
 from service.store_codec import (
     SCHEMA,
+    MemoryRecord,
     Recent,
     Tokens,
     UserKeys,
     decode_bucket,
+    decode_events,
+    decode_memory,
     decode_recent,
     decode_tokens,
     encode_bucket,
+    encode_events,
+    encode_memory,
     encode_recent,
     encode_tokens,
     keys_from_recent,
@@ -50,11 +57,12 @@ class ModelView:
 
     version: str
     recent_len: int  # L
-    num_buckets: int  # V (0: the model uses no history tokens)
-    bucket_size: int  # G
+    num_buckets: int  # history tokens: V buckets or C memory slots (0: the model uses none)
+    bucket_size: int  # G (0 for the memory compressor: it keeps the whole raw history instead)
     d_model: int
     categories_of: CategoriesOf
     bucket_tokens: TokenFn  # (n, G) items, (n,) categories -> (n, D): the exported history graph
+    memory: MemoryView | None = None  # set for a memory-compressor bundle
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,10 @@ class _Pending:
     recent: Recent
     old_tokens: Tokens | None
     dedup_scores: list[float | None]
+    old_memory: MemoryRecord | None = None
     state: UserState = field(init=False)
-    rebuild: bool = False  # stored tokens unusable for this model: rebuild from all buckets
+    rebuild: bool = False  # stored tokens unusable for this model: rebuild from all buckets / history
+    history: list[Event] = field(default_factory=list)  # memory compressor, on rebuild: the raw history
     new_recent: Recent | None = None
     new_tokens: Tokens | None = None
     evicted: list[Event] = field(default_factory=list)
@@ -270,6 +280,8 @@ class Store:
         for k, events in by_user.items():
             reads.get(k.recent)
             reads.get(k.tokens)
+            if model.memory is not None:
+                reads.get(k.memory)
             ids = [e.event_id for e in events if e.event_id is not None]
             if ids:
                 reads.zmscore(k.dedup, ids)
@@ -277,15 +289,19 @@ class Store:
         pending = []
         for k, events in by_user.items():
             blob, tok_blob = next(replies), next(replies)
+            mem_blob = next(replies) if model.memory is not None else None
             ids = [e.event_id for e in events if e.event_id is not None]
             scores = list(next(replies)) if ids else []
             recent = decode_recent(blob) if blob else Recent(0, 0, model.recent_len, model.bucket_size, [])
             if (recent.recent_len, recent.bucket_size) != (model.recent_len, model.bucket_size):
                 raise StoreConflict(
                     f"stored state has L={recent.recent_len}, G={recent.bucket_size}; "
-                    f"the model needs L={model.recent_len}, G={model.bucket_size}"
+                    f"the model needs L={model.recent_len}, G={model.bucket_size} "
+                    "(G=0: the memory compressor's full history); backfill a store for this model"
                 )
-            pending.append(_Pending(k, events, recent, decode_tokens(tok_blob) if tok_blob else None, scores))
+            tokens = decode_tokens(tok_blob) if tok_blob else None
+            memory = decode_memory(mem_blob) if mem_blob else None
+            pending.append(_Pending(k, events, recent, tokens, scores, memory))
         return pending
 
     async def _apply(self, model: ModelView, pending: list[_Pending], now: float) -> None:
@@ -307,6 +323,9 @@ class Store:
                 evicted = p.state.push_recent(event)
                 if evicted is not None:
                     p.evicted.append(evicted)
+        if model.memory is not None:
+            await self._fetch_histories(model, pending)
+            return
         fetch = self.redis.pipeline(transaction=False)
         plan: list[tuple[_Pending, list[int] | None]] = []
         for p in pending:
@@ -327,6 +346,30 @@ class Store:
             else:
                 p.state.buckets = {c: decode_bucket(b) for c, b in zip(cats, reply, strict=True) if b}
 
+    async def _fetch_histories(self, model: ModelView, pending: list[_Pending]) -> None:
+        """Memory compressor: read the raw history of the users whose memory must be refolded."""
+        refold = [p for p in pending if self._needs_refold(model, p)]
+        fetch = self.redis.pipeline(transaction=False)
+        for p in refold:
+            p.rebuild = True
+            fetch.get(p.keys.history)
+        for p, blob in zip(refold, await fetch.execute() if refold else [], strict=True):
+            p.history = decode_events(blob) if blob else []
+
+    @staticmethod
+    def _needs_refold(model: ModelView, p: _Pending) -> bool:
+        """Whether the memory cannot be extended by this batch: stamped for another model or history
+        state (with the tokens, written in the same transaction), or an evicted event older than
+        the newest history event (it lands inside an already folded segment)."""
+        if p.recent.history_seq == 0:
+            return False
+        stamps_match = (
+            p.old_memory is not None
+            and tokens_fresh(p.old_tokens, model, p.recent)
+            and (p.old_memory.version, p.old_memory.history_seq) == (model.version, p.recent.history_seq)
+        )
+        return not stamps_match or any(e.key < p.old_memory.last_key for e in p.evicted)  # type: ignore[union-attr]
+
     @staticmethod
     def _needs_rebuild(model: ModelView, p: _Pending) -> bool:
         """Whether the stored tokens cannot be updated incrementally for this model."""
@@ -337,6 +380,50 @@ class Store:
         )
 
     def _queue_writes(self, tx: Any, model: ModelView, pending: list[_Pending], now: float) -> None:
+        for p in pending:
+            ids = {e.event_id: now + self.dedup_retention_s for e in p.accepted if e.event_id is not None}
+            if ids:
+                tx.zadd(p.keys.dedup, ids)
+                tx.zremrangebyscore(p.keys.dedup, "-inf", now)
+                tx.expire(p.keys.dedup, self.dedup_retention_s)
+        if model.memory is None:
+            self._queue_bucket_writes(tx, model, pending)
+        else:
+            self._queue_memory_writes(tx, model, model.memory, pending)
+
+    def _queue_memory_writes(
+        self, tx: Any, model: ModelView, view: MemoryView, pending: list[_Pending]
+    ) -> None:
+        jobs: list[tuple[_Pending, FoldJob]] = []
+        for p in pending:
+            new_events = sorted(p.evicted, key=lambda e: e.key)
+            next_seq = p.recent.next_seq + len(p.accepted)
+            history_seq = next_seq if new_events else p.recent.history_seq
+            p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
+            if p.accepted:
+                tx.set(p.keys.recent, encode_recent(p.new_recent))
+            if p.rebuild:
+                history = sorted(p.history + new_events, key=lambda e: e.key)
+                if new_events:
+                    tx.set(p.keys.history, encode_events(history))
+                jobs.append((p, refold_job(view, history, history_seq)))
+            elif new_events:
+                tx.append(p.keys.history, encode_events(new_events))
+                old, exclude = p.old_memory, []
+                if old is None:  # the user's first history event
+                    old = MemoryRecord(model.version, 0, 0, (0, 0), view.initial, [])
+                elif p.old_tokens is not None:
+                    exclude = [int(i) for i in p.old_tokens.items.ravel() if i]
+                jobs.append((p, extend_job(view, old, exclude, new_events, history_seq)))
+            elif history_seq > 0:
+                p.new_tokens = p.old_tokens  # fresh (checked by _needs_refold): hand them back
+        folded = run_folds(view, model.version, [job for _, job in jobs])
+        for (p, _), (record, tokens) in zip(jobs, folded, strict=True):
+            p.new_tokens = tokens
+            tx.set(p.keys.memory, encode_memory(record))
+            tx.set(p.keys.tokens, encode_tokens(tokens))
+
+    def _queue_bucket_writes(self, tx: Any, model: ModelView, pending: list[_Pending]) -> None:
         jobs: list[_TokenJob] = []
         for p in pending:
             rebuild = p.rebuild
@@ -368,11 +455,6 @@ class Store:
                 jobs.append(
                     _TokenJob(p.keys, history_seq, self._top_buckets(model, p.state, old, touched), reuse)
                 )
-            ids = {e.event_id: now + self.dedup_retention_s for e in p.accepted if e.event_id is not None}
-            if ids:
-                tx.zadd(p.keys.dedup, ids)
-                tx.zremrangebyscore(p.keys.dedup, "-inf", now)
-                tx.expire(p.keys.dedup, self.dedup_retention_s)
         by_keys = {p.keys: p for p in pending}
         for keys, tokens in compute_tokens(model, jobs):
             by_keys[keys].new_tokens = tokens

@@ -6,8 +6,10 @@ by a hash, so a ``}`` in a user id can never move the tag.
 
     <prefix>:v1:{u:<id>}:recent    string  header + recent window (oldest first)
     <prefix>:v1:{u:<id>}:buckets   hash    category id -> that bucket's items (oldest first)
-    <prefix>:v1:{u:<id>}:tok       string  history tokens of the top V buckets for one model version
+    <prefix>:v1:{u:<id>}:tok       string  history tokens (V buckets or C memory slots) of one model version
     <prefix>:v1:{u:<id>}:dedup     zset    event id -> expiry time (idempotency window)
+    <prefix>:v1:{u:<id>}:hist      string  memory compressor: the whole raw history, key order
+    <prefix>:v1:{u:<id>}:mem       string  memory compressor: folded memory + open segment, one model version
 
 Values are little-endian numpy records. Each starts with a format byte so a reader refuses a
 layout it does not know instead of misreading it.
@@ -31,6 +33,8 @@ EVENT = np.dtype([("ts", "<i8"), ("seq", "<i8"), ("item", "<i4"), ("action", "<i
 BUCKET_ITEM = np.dtype([("ts", "<i8"), ("seq", "<i8"), ("item", "<i4")])
 _RECENT_HEAD = struct.Struct("<BqqII")  # format, next seq, history seq, L, G
 _TOK_HEAD = struct.Struct("<B16sqHHH")  # format, model version, history seq, n buckets, G, D
+# format, model version, history seq, events folded, last key (ts, seq), C, D, open segment length
+_MEM_HEAD = struct.Struct("<B16sqqqqHHH")
 
 
 def user_tag(user_id: str) -> str:
@@ -45,16 +49,20 @@ class UserKeys:
     buckets: str
     tokens: str
     dedup: str
+    history: str
+    memory: str
+
+
+def _keys(base: str) -> UserKeys:
+    return UserKeys(*(f"{base}:{name}" for name in ("recent", "buckets", "tok", "dedup", "hist", "mem")))
 
 
 def user_keys(prefix: str, user_id: str) -> UserKeys:
-    base = f"{prefix}:v{SCHEMA}:{{{user_tag(user_id)}}}"
-    return UserKeys(f"{base}:recent", f"{base}:buckets", f"{base}:tok", f"{base}:dedup")
+    return _keys(f"{prefix}:v{SCHEMA}:{{{user_tag(user_id)}}}")
 
 
 def keys_from_recent(recent_key: str) -> UserKeys:
-    base = recent_key.removesuffix(":recent")
-    return UserKeys(recent_key, f"{base}:buckets", f"{base}:tok", f"{base}:dedup")
+    return _keys(recent_key.removesuffix(":recent"))
 
 
 # ---- recent window ------------------------------------------------------------------------------
@@ -67,18 +75,26 @@ class Recent:
     events: list[Event]  # oldest first
 
 
+def encode_events(events: list[Event]) -> bytes:
+    """Events as EVENT records; a concatenation of encodings decodes as the concatenated list."""
+    return np.array([(e.ts, e.seq, e.item, e.action) for e in events], EVENT).tobytes()
+
+
+def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
+    rec = np.frombuffer(blob, EVENT, count, offset)
+    return list(map(Event._make, rec.tolist()))  # tolist() already yields Python ints
+
+
 def encode_recent(r: Recent) -> bytes:
-    rec = np.array([(e.ts, e.seq, e.item, e.action) for e in r.events], EVENT)
-    return _RECENT_HEAD.pack(SCHEMA, r.next_seq, r.history_seq, r.recent_len, r.bucket_size) + rec.tobytes()
+    head = _RECENT_HEAD.pack(SCHEMA, r.next_seq, r.history_seq, r.recent_len, r.bucket_size)
+    return head + encode_events(r.events)
 
 
 def decode_recent(blob: bytes) -> Recent:
     fmt, next_seq, history_seq, length, g = _RECENT_HEAD.unpack_from(blob)
     if fmt != SCHEMA:
         raise ValueError(f"recent window format {fmt}, expected {SCHEMA}")
-    rec = np.frombuffer(blob, EVENT, offset=_RECENT_HEAD.size)
-    events = list(map(Event._make, rec.tolist()))  # tolist() already yields Python ints
-    return Recent(next_seq, history_seq, length, g, events)
+    return Recent(next_seq, history_seq, length, g, decode_events(blob, _RECENT_HEAD.size))
 
 
 # ---- raw buckets --------------------------------------------------------------------------------
@@ -132,3 +148,35 @@ def decode_tokens(blob: bytes) -> Tokens:
     off += 4 * n * g
     tokens = np.frombuffer(blob, "<f4", n * d, off).reshape(n, d)
     return Tokens(version.rstrip(b"\0").decode(), history_seq, cats, newest, items, tokens)
+
+
+# ---- memory compressor --------------------------------------------------------------------------
+@dataclass
+class MemoryRecord:
+    """The folded memory of one user for one model version: M_k after ``folded`` history events,
+    plus the open segment (the history events after them, fewer than S)."""
+
+    version: str
+    history_seq: int  # Recent.history_seq of the state it was computed from
+    folded: int  # history events folded into ``memory`` (a multiple of S)
+    last_key: tuple[int, int]  # (ts, seq) of the newest history event
+    memory: np.ndarray  # (C, D) float32
+    open_events: list[Event]  # oldest first
+
+
+def encode_memory(m: MemoryRecord) -> bytes:
+    c, d = m.memory.shape
+    head = _MEM_HEAD.pack(
+        SCHEMA, m.version.encode()[:16], m.history_seq, m.folded, *m.last_key, c, d, len(m.open_events)
+    )
+    return head + m.memory.astype("<f4").tobytes() + encode_events(m.open_events)
+
+
+def decode_memory(blob: bytes) -> MemoryRecord:
+    fmt, version, history_seq, folded, ts, seq, c, d, n_open = _MEM_HEAD.unpack_from(blob)
+    if fmt != SCHEMA:
+        raise ValueError(f"memory format {fmt}, expected {SCHEMA}")
+    off = _MEM_HEAD.size
+    memory = np.frombuffer(blob, "<f4", c * d, off).reshape(c, d)
+    events = decode_events(blob, off + 4 * c * d, n_open)
+    return MemoryRecord(version.rstrip(b"\0").decode(), history_seq, folded, (ts, seq), memory, events)

@@ -34,12 +34,15 @@ def tiny_dataset():  # type: ignore[no-untyped-def]
     return load_dataset("synthetic", **TINY)
 
 
-def _train(tmp: Path, dataset, **overrides):  # type: ignore[no-untyped-def]
+MEMORY_MODEL = {"compressor": "memory", "memory_slots": 4, "segment_len": 4}
+
+
+def _train(tmp: Path, dataset, epochs: int = 10, **overrides):  # type: ignore[no-untyped-def]
     from model.train import TrainConfig, train
 
     run = tmp / "run"
     cfg = TrainConfig(
-        epochs=10,
+        epochs=epochs,
         patience=10,
         lr=3e-3,
         samples_per_user=8,
@@ -57,10 +60,25 @@ def tiny_run(tmp_path_factory, tiny_dataset):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_run):  # type: ignore[no-untyped-def]
+    return _export(tmp_path_factory, tiny_run)
+
+
+@pytest.fixture(scope="session")
+def memory_run(tmp_path_factory, tiny_dataset):  # type: ignore[no-untyped-def]
+    """The tiny model with the memory compressor (C=4, S=4): parity and store tests, not quality."""
+    return _train(tmp_path_factory.mktemp("memory"), tiny_dataset, epochs=2, **MEMORY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def memory_bundle(tmp_path_factory, memory_run):  # type: ignore[no-untyped-def]
+    return _export(tmp_path_factory, memory_run)
+
+
+def _export(tmp_path_factory, run: Path) -> Path:  # type: ignore[no-untyped-def]
     from export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "b1"
-    export_bundle(tiny_run, out)
+    export_bundle(run, out)
     return out
 
 

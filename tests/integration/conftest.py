@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.redis_server import EmbeddedRedis
+from tests.integration.stores import Backend
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,14 @@ def redis_cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def backend(request, redis_server) -> Backend:  # type: ignore[no-untyped-def]
+    """The store tests run on both: one redis-server and a 3-master Redis Cluster."""
+    if request.param == "cluster":
+        return Backend(request.getfixturevalue("redis_cluster").url, cluster=True)
+    return Backend(redis_server.url, cluster=False)
 
 
 @pytest.fixture

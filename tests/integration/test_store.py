@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from model.train import load_model as load_torch_model
 from service.runtime import LoadedModel, load_model
 from service.store import NewEvent, Store
 from service.store_codec import decode_bucket, decode_recent, decode_tokens
+from tests.integration.stores import like, processes, run, with_store
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
@@ -33,41 +33,6 @@ def loaded(tiny_bundle) -> LoadedModel:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def torch_model(tiny_run):  # type: ignore[no-untyped-def]
     return load_torch_model(tiny_run)
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
-
-
-@dataclass(frozen=True)
-class Backend:
-    url: str
-    cluster: bool
-
-    def client(self) -> aioredis.Redis:
-        if self.cluster:
-            return aioredis.RedisCluster.from_url(self.url, socket_timeout=10, max_connections=200)  # type: ignore[return-value]
-        return aioredis.Redis.from_url(self.url, socket_timeout=10, max_connections=200)
-
-
-@pytest.fixture(params=["single", "cluster"])
-def backend(request, redis_server) -> Backend:  # type: ignore[no-untyped-def]
-    if request.param == "cluster":
-        return Backend(request.getfixturevalue("redis_cluster").url, cluster=True)
-    return Backend(redis_server.url, cluster=False)
-
-
-async def _with_store(backend: Backend, prefix: str, fn, **kw):  # type: ignore[no-untyped-def]
-    client = backend.client()
-    try:
-        return await fn(Store(client, prefix=prefix, per_user_transactions=backend.cluster, **kw))
-    finally:
-        await client.aclose()
-
-
-def _like(store: Store) -> Store:
-    """Another store on the same client: what another worker process would have."""
-    return Store(store.redis, prefix=store.prefix, per_user_transactions=store.per_user_transactions)
 
 
 async def _commands_processed(store: Store) -> tuple[int, int]:
@@ -84,17 +49,6 @@ async def _raw_state(store: Store, user: str) -> tuple:  # type: ignore[type-arg
     buckets = {int(c): decode_bucket(b) for c, b in (await store.redis.hgetall(k.buckets)).items()}
     tok = await store.redis.get(k.tokens)
     return recent, buckets, decode_tokens(tok) if tok else None
-
-
-_PROCESSES: dict[int, list[Store]] = {}
-
-
-def processes(store: Store) -> list[Store]:
-    """Five stores on one connection pool, each with its own write lock: like five worker processes."""
-    key = id(store)
-    if key not in _PROCESSES:
-        _PROCESSES[key] = [store] + [_like(store) for _ in range(4)]
-    return _PROCESSES[key]
 
 
 def _expected_tokens(torch_model, buckets) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -148,7 +102,7 @@ def test_incremental_store_equals_batch_rule_and_torch_tokens(backend, loaded, t
         assert recent.next_seq == len(events)
         _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
 
-    run(_with_store(backend, "prop", go))
+    run(with_store(backend, "prop", go))
 
 
 def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
@@ -192,7 +146,7 @@ def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model): 
         assert (result.accepted, result.duplicates) == (0, writers * per_writer)
         assert (await _raw_state(store, user))[0].next_seq == writers * per_writer
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_duplicate_event_ids_count_once_within_and_across_batches(backend, prefix, loaded):  # type: ignore[no-untyped-def]
@@ -213,7 +167,7 @@ def test_duplicate_event_ids_count_once_within_and_across_batches(backend, prefi
         recent = decode_recent(await store.redis.get(store.keys("u1").recent))
         assert [e.item for e in recent.events] == [5, 7, 8, 9]
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_tokens_of_another_model_version_are_never_served(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
@@ -235,7 +189,7 @@ def test_tokens_of_another_model_version_are_never_served(backend, prefix, loade
         top = bucketize(history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size)
         np.testing.assert_allclose(snap.tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(backend, prefix, loaded):  # type: ignore[no-untyped-def]
@@ -251,7 +205,7 @@ def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(backend, p
         assert snaps[5].recent is None
         assert snaps[5].tokens is None
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_bulk_recompute_moves_every_user_to_the_new_model(backend, prefix, loaded):  # type: ignore[no-untyped-def]
@@ -273,7 +227,7 @@ def test_bulk_recompute_moves_every_user_to_the_new_model(backend, prefix, loade
         after, _ = await _commands_processed(store)
         assert after - before == 2 * 30 + nodes  # fresh tokens: no rebuild on read
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix, loaded):  # type: ignore[no-untyped-def]
@@ -302,7 +256,7 @@ def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix,
             recent, _, _ = await _raw_state(store, user)
             assert recent.next_seq == count
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_repair_of_already_fresh_tokens_hands_them_back(backend, prefix, loaded):  # type: ignore[no-untyped-def]
@@ -317,7 +271,7 @@ def test_repair_of_already_fresh_tokens_hands_them_back(backend, prefix, loaded)
         _, _, stored = await _raw_state(store, "fresh")
         np.testing.assert_array_equal(repaired[0].new_tokens.tokens, stored.tokens)
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))
 
 
 def test_reads_during_writes_never_see_a_torn_state(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
@@ -373,11 +327,11 @@ def test_reads_during_writes_never_see_a_torn_state(backend, prefix, loaded, tor
                 if once:
                     return
 
-        await asyncio.gather(writer(), *(reader(_like(store)) for _ in range(4)))
+        await asyncio.gather(writer(), *(reader(like(store)) for _ in range(4)))
         assert old_tokens
         await store.redis.set(store.keys("torn").tokens, old_tokens)
         await reader(store, once=True)
         assert checked > 50  # the readers really raced the writer
         assert torn == 0, f"{torn} of {checked} snapshots mixed two states"
 
-    run(_with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go))

@@ -3,7 +3,8 @@
 Tolerances: fp32 scores go through ~3 layers of matmuls and LayerNorms whose reduction order
 differs between the two runtimes; with logits scaled by 1/temperature (20x) such differences stay
 around 1e-5, so 1e-4 is tight enough to catch a wrong op yet loose enough for reduction order.
-Bucket tokens are one gather + mean + add: 1e-5 covers summation order.
+Bucket tokens are one gather + mean + add: 1e-5 covers summation order. A memory fold is three
+small HSTU layers over C + S + C tokens: 1e-5 as well (measured ~5e-7).
 """
 
 from __future__ import annotations
@@ -11,28 +12,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.bucketing import UserState
+from model.bucketing import UserState, split_recent
+from model.cause import model_inputs
 from model.evaluate import to_tensors
 from model.samples import SampleBuilder
+from model.segments import SEGMENT_KEYS
 from model.train import load_model
 from service.bundle import load_bundle
 from service.engine import Engine, UserFeatures
+from service.memory_store import EXCLUDE_ITEMS, MemoryView, extend_job, run_folds
+from service.store_codec import MemoryRecord
 
 
-def _features(
-    batch: dict[str, np.ndarray], i: int, hist: np.ndarray | None, seen: np.ndarray
-) -> UserFeatures:
-    m = batch["mask"][i]
-    return UserFeatures(
-        int(batch["user_hash"][i]),
-        batch["items"][i][m],
-        batch["actions"][i][m],
-        batch["ts"][i][m],
-        hist_tokens=hist,
-        hist_mask=batch["bucket_mask"][i],
-        hist_ts=batch["bucket_ts"][i],
+def _features(inputs: dict[str, torch.Tensor | None], i: int, seen: np.ndarray) -> UserFeatures:
+    m = inputs["mask"][i].numpy()  # type: ignore[index]
+    user = UserFeatures(
+        int(inputs["user_hash"][i]),  # type: ignore[index]
+        inputs["items"][i].numpy()[m],  # type: ignore[index]
+        inputs["actions"][i].numpy()[m],  # type: ignore[index]
+        inputs["ts"][i].numpy()[m],  # type: ignore[index]
         seen=seen,
     )
+    if inputs["hist_tokens"] is not None:
+        user.hist_tokens = inputs["hist_tokens"][i].numpy()
+        user.hist_mask = inputs["hist_mask"][i].numpy()  # type: ignore[index]
+        user.hist_ts = inputs["hist_ts"][i].numpy()  # type: ignore[index]
+    return user
 
 
 def test_onnx_scores_and_topk_match_torch(tiny_run, tiny_bundle, tiny_dataset):  # type: ignore[no-untyped-def]
@@ -46,26 +51,16 @@ def assert_onnx_matches_torch(run, bundle, dataset, n_users: int) -> None:  # ty
     builder = SampleBuilder(dataset, model.cfg)
     split = dataset.split("test")
     rows, ends = split.users[:n_users], split.input_end[:n_users]
-    batch = builder.batch(rows, ends, with_targets=False)
-    tensors = to_tensors(batch, "cpu")
+    tensors = to_tensors(builder.batch(rows, ends, with_targets=False), "cpu")
     with torch.no_grad():
-        hist = model.history_tokens(tensors["bucket_items"], tensors["bucket_cats"])
-        scores = model.score_all(
-            user_hash=tensors["user_hash"],
-            hist_tokens=hist,
-            hist_mask=tensors["bucket_mask"],
-            hist_ts=tensors["bucket_ts"],
-            items=tensors["items"],
-            actions=tensors["actions"],
-            ts=tensors["ts"],
-            mask=tensors["mask"],
-        ).numpy()
+        inputs = model_inputs(model, tensors)  # history tokens built as training builds them
+        scores = model.score_all(**inputs).numpy()
     k = 20
     users = []
     for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
         seen = builder.seen_items(int(row), int(end))[:5]  # exclusions travel through the graph too
         scores[i, seen] = -np.inf
-        users.append(_features(batch, i, hist[i].numpy(), seen))
+        users.append(_features(inputs, i, seen))
     ranked = engine.rank(users, k)
     assert len(ranked) == n_users
     worst = 0.0
@@ -80,6 +75,61 @@ def assert_onnx_matches_torch(run, bundle, dataset, n_users: int) -> None:  # ty
         )
         assert not set(r.items) & set(users[i].seen.tolist())
     assert worst <= 1e-4
+
+
+def test_memory_bundle_scores_and_topk_match_torch(memory_run, memory_bundle, tiny_dataset):  # type: ignore[no-untyped-def]
+    assert_onnx_matches_torch(memory_run, memory_bundle, tiny_dataset, 60)
+
+
+def test_fold_graph_matches_torch_fold(memory_run, memory_bundle):  # type: ignore[no-untyped-def]
+    """Full, open (masked tail) and one-event segments from random memories."""
+    model = load_model(memory_run)
+    engine = Engine(load_bundle(memory_bundle), device="cpu")
+    cfg, rng = model.cfg, np.random.default_rng(0)
+    n, s = 6, cfg.segment_len
+    memory = rng.normal(size=(n, cfg.memory_slots, cfg.d_model)).astype(np.float32)
+    lengths = np.array([s, s, s - 1, 1, 2, s])
+    segments = {
+        "seg_items": rng.integers(1, cfg.num_items + 1, (n, s)),
+        "seg_actions": rng.integers(1, cfg.num_actions + 1, (n, s)),
+        "seg_ts": np.sort(rng.integers(0, 10**6, (n, s)), axis=1),
+        "seg_mask": np.arange(s)[None, :] < lengths[:, None],
+    }
+    got = engine.fold(memory, segments)
+    torch_in = {k: torch.from_numpy(v) for k, v in segments.items()}
+    with torch.no_grad():
+        expected = model.compressor.fold(
+            model, torch.from_numpy(memory), *(torch_in[k] for k in SEGMENT_KEYS)
+        ).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(engine.initial_memory, model.compressor.initial.detach().numpy())
+
+
+def test_store_path_memory_tokens_match_torch(memory_run, memory_bundle, tiny_dataset):  # type: ignore[no-untyped-def]
+    """The store's folding, one evicted event at a time (extend_job / run_folds, as appends run it),
+    equals the memory the model folds over the whole history."""
+    model = load_model(memory_run)
+    engine = Engine(load_bundle(memory_bundle), device="cpu")
+    view = MemoryView(model.cfg.segment_len, engine.initial_memory, engine.fold)
+    builder = SampleBuilder(tiny_dataset, model.cfg)
+    for row in range(0, 40):
+        end = int(tiny_dataset.user_offsets[row + 1])
+        history, _ = split_recent(builder.events_before(row, end), model.cfg.recent_len)
+        record, exclude = MemoryRecord("v", 0, 0, (0, 0), view.initial, []), []
+        tokens = None
+        for e in history:
+            record, tokens = run_folds(view, "v", [extend_job(view, record, exclude, [e], 1)])[0]
+            exclude = [int(i) for i in tokens.items.ravel() if i]
+        tensors = to_tensors(builder.batch(np.array([row]), np.array([end]), with_targets=False), "cpu")
+        with torch.no_grad():
+            expected = model_inputs(model, tensors)["hist_tokens"][0].numpy()  # type: ignore[index]
+        if not history:
+            assert tokens is None
+            continue
+        assert tokens is not None
+        assert record.folded == len(history) - len(history) % model.cfg.segment_len
+        np.testing.assert_allclose(tokens.tokens, expected, atol=1e-5)
+        assert exclude == list(dict.fromkeys(e.item for e in reversed(history)))[:EXCLUDE_ITEMS]
 
 
 def test_store_path_history_tokens_match_torch(tiny_run, tiny_bundle, tiny_dataset):  # type: ignore[no-untyped-def]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from model.cause import history_inputs, model_inputs
 from model.evaluate import to_tensors
-from model.samples import SEGMENT_KEYS, SampleBuilder
+from model.samples import SampleBuilder
+from model.segments import SEGMENT_KEYS
 from model.train import build_model
 
 SMALL = {
@@ -119,16 +119,3 @@ def test_consistency_loss_trains_folding_towards_the_reference(tiny_dataset) -> 
     assert history[-1][0] < 0.8 * history[0][0]
     assert history[-1][1] < 0.5 * max(h[1] for h in history)
     assert all(k in batch for k in SEGMENT_KEYS)
-
-
-def test_export_refuses_a_memory_model_with_a_clear_error(tmp_path, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
-    from causerec.cli import app
-    from model.train import TrainConfig, train
-
-    run = tmp_path / "run"
-    cfg = TrainConfig(epochs=1, batch_size=64, data={"dataset": "synthetic", "options": {}})
-    train(tiny_dataset, {"mode": "cause", **SMALL}, cfg, run, progress=False)
-    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
-    assert result.exit_code == 2
-    assert "memory compressor" in result.output
-    assert not (tmp_path / "bundle").exists()

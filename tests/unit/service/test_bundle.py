@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from model.bundle_format import file_sha256
 from service.bundle import load_bundle
 from service.errors import BundleError
 from service.runtime import load_model
@@ -72,3 +74,32 @@ def test_garbage_manifest(bundle_copy: Path) -> None:
     (bundle_copy / "manifest.json").write_text('{"version": 3}')
     with pytest.raises(BundleError, match="invalid manifest"):
         load_bundle(bundle_copy)
+
+
+def test_a_memory_bundle_carries_the_fold_graph_and_its_initial_memory(memory_bundle: Path) -> None:
+    manifest = json.loads((memory_bundle / "manifest.json").read_text())
+    assert (manifest["compressor"], manifest["num_buckets"], manifest["segment_len"]) == ("memory", 4, 4)
+    assert manifest["bucket_size"] == 0  # the store keeps the whole history, not buckets
+    assert {"fold.onnx", "memory_init.npy"} <= set(manifest["files"])
+    assert "history.onnx" not in manifest["files"]
+    model = load_model(memory_bundle, device="cpu")
+    assert model.view.memory is not None
+    assert model.view.memory.initial.shape == (4, manifest["d_model"])
+
+
+def test_a_memory_bundle_without_its_fold_graph_is_refused(memory_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(memory_bundle, tmp_path / "m"))
+    files = json.loads((copy / "manifest.json").read_text())["files"]
+    del files["fold.onnx"]
+    _edit_manifest(copy, files=files)
+    with pytest.raises(BundleError, match=r"does not list fold\.onnx"):
+        load_bundle(copy)
+
+
+def test_an_initial_memory_of_the_wrong_shape_is_refused(memory_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(memory_bundle, tmp_path / "m"))
+    np.save(copy / "memory_init.npy", np.zeros((3, 5), np.float32))
+    files = json.loads((copy / "manifest.json").read_text())["files"]
+    _edit_manifest(copy, files={**files, "memory_init.npy": file_sha256(copy / "memory_init.npy")})
+    with pytest.raises(BundleError, match=r"memory_init\.npy: float32\[3, 5\], expected float32\[4, "):
+        load_model(copy, device="cpu")

@@ -1,0 +1,186 @@
+"""The memory compressor's store path (service.memory_store) against a real redis-server and a real
+3-master Redis Cluster: incremental folding == folding the batch history in torch, whatever the
+batching, arrival order, concurrency or model change."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model.bucketing import Event, split_recent
+from model.samples import pad_segments
+from model.train import load_model as load_torch_model
+from service.errors import StoreConflict
+from service.runtime import LoadedModel, load_model
+from service.store import ModelView, NewEvent, Store
+from service.store_codec import decode_events, decode_memory, decode_recent, decode_tokens
+from tests.integration.stores import processes, run, with_store
+
+pytestmark = pytest.mark.integration
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def loaded(memory_bundle) -> LoadedModel:  # type: ignore[no-untyped-def]
+    return load_model(memory_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def torch_model(memory_run):  # type: ignore[no-untyped-def]
+    return load_torch_model(memory_run)
+
+
+def expected_tokens(torch_model, history: list[Event], initial_shift: float = 0.0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The model's own sequential fold of the batch history (model.samples' segments)."""
+    segs = {k: torch.from_numpy(v) for k, v in pad_segments(history, torch_model.cfg.segment_len).items()}
+    compressor = torch_model.compressor
+    with torch.no_grad():
+        memory = (compressor.initial + initial_shift)[None]
+        for j in range(len(segs["seg_items"])):
+            memory = compressor.fold(torch_model, memory, *(segs[k][j : j + 1] for k in segs))
+    return memory[0].numpy()
+
+
+async def check_against_batch(
+    store: Store, view: ModelView, torch_model, user: str, events: list[Event], initial_shift: float = 0.0
+) -> None:  # type: ignore[no-untyped-def]
+    k = store.keys(user)
+    recent = decode_recent(await store.redis.get(k.recent))
+    history, window = split_recent(events, view.recent_len)
+    assert [(e.ts, e.item, e.action) for e in recent.events] == [(e.ts, e.item, e.action) for e in window]
+    stored_history = decode_events(await store.redis.get(k.history) or b"")
+    assert [(e.ts, e.item, e.action) for e in stored_history] == [(e.ts, e.item, e.action) for e in history]
+    tok_blob = await store.redis.get(k.tokens)
+    if not history:
+        assert tok_blob is None
+        return
+    tokens, memory = decode_tokens(tok_blob), decode_memory(await store.redis.get(k.memory))
+    assert (tokens.version, tokens.history_seq) == (view.version, recent.history_seq)
+    assert (memory.version, memory.history_seq) == (view.version, recent.history_seq)
+    assert view.memory is not None
+    assert memory.folded == len(history) - len(history) % view.memory.segment_len
+    assert tokens.newest[:, 0].tolist() == [history[-1].ts] * view.num_buckets
+    np.testing.assert_allclose(tokens.tokens, expected_tokens(torch_model, history, initial_shift), atol=1e-5)
+    exclude = [int(i) for i in tokens.items.ravel() if i]
+    assert exclude == list(dict.fromkeys(e.item for e in reversed(history)))[: len(exclude)]
+
+
+event_streams = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(1, 300), st.integers(1, 2)),  # small ts range: late events
+    min_size=0,
+    max_size=60,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=event_streams, chunk=st.integers(1, 7))
+def test_incremental_folding_equals_the_batch_fold_in_torch(backend, loaded, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
+    user = f"mem-{next(_ids)}"
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        new = [NewEvent(user, item, action, ts) for ts, item, action in stream]
+        for lo in range(0, len(new), chunk):  # arbitrary batching must not matter
+            await store.append(loaded.view, new[lo : lo + chunk], now=time.time())
+        events = [Event(ts, seq, item, action) for seq, (ts, item, action) in enumerate(stream)]
+        if events:
+            await check_against_batch(store, loaded.view, torch_model, user, events)
+
+    run(with_store(backend, "memprop", go))
+
+
+def test_an_in_order_event_folds_one_segment_and_reads_no_history(backend, prefix, loaded):  # type: ignore[no-untyped-def]
+    """Incremental: after 200 history events, each new event costs one fold of one row (the open
+    segment, or the segment it completes), and the raw history is only appended to, never read."""
+    assert loaded.view.memory is not None
+    rows: list[int] = []
+
+    def counting_fold(memory: np.ndarray, segments: dict[str, np.ndarray]) -> np.ndarray:
+        rows.append(len(memory))
+        return loaded.view.memory.fold(memory, segments)  # type: ignore[union-attr]
+
+    view = replace(loaded.view, memory=replace(loaded.view.memory, fold=counting_fold))
+    s = view.memory.segment_len  # type: ignore[union-attr]
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(view, [NewEvent("long", 1 + i % 300, 1, i) for i in range(208)], now=0.0)
+        # Not a whole number of events: decoding it would raise, so any read of it fails the test.
+        await store.redis.set(store.keys("long").history, b"\xff" * 5)
+        for i in range(208, 208 + 2 * s):
+            rows.clear()
+            await store.append(view, [NewEvent("long", 7, 1, i)], now=0.0)
+            assert rows == [1]
+        assert len(await store.redis.get(store.keys("long").history)) == 5 + 2 * s * 24
+
+    run(with_store(backend, prefix, go))
+
+
+def test_a_new_model_refolds_from_the_raw_history(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+    """Another model version (here: another M_0) is never served the old memory: reads and bulk
+    recompute refold every user from the stored raw history."""
+    assert loaded.view.memory is not None
+    memory = replace(loaded.view.memory, initial=loaded.view.memory.initial + 1.0)
+    other = replace(loaded.view, version="memory-model-02", memory=memory)
+    users = {
+        f"nm{u}": [Event(10 * i, i, 1 + (u * 31 + i * 7) % 300, 1) for i in range(25 + u)] for u in range(6)
+    }
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        for user, events in users.items():
+            await store.append(loaded.view, [NewEvent(user, e.item, e.action, e.ts) for e in events], now=0.0)
+        snap = (await store.read(other, ["nm0"], now=0.0))[0]
+        history, _ = split_recent(users["nm0"], other.recent_len)
+        np.testing.assert_allclose(snap.tokens.tokens, expected_tokens(torch_model, history, 1.0), atol=1e-5)
+        assert await store.recompute_all(other, now=0.0, batch=4) == len(users)
+        for user, events in users.items():
+            await check_against_batch(store, other, torch_model, user, events, initial_shift=1.0)
+
+    run(with_store(backend, prefix, go))
+
+
+def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
+    """20 writers x 10 single-event appends on one user from 5 "processes": WATCH conflicts happen,
+    every event lands once, and the memory equals the batch fold of all of them."""
+    writers, per_writer = 20, 10
+    ts = {(w, i): 1000 + w * per_writer + i for w in range(writers) for i in range(per_writer)}
+
+    async def writer(store: Store, w: int) -> None:
+        store = processes(store)[w % 5]
+        for i in range(per_writer):
+            ev = NewEvent("hot", 1 + (w * 7 + i) % 300, 1 + i % 2, ts[w, i], event_id=f"w{w}-{i}")
+            assert (await store.append(loaded.view, [ev], now=time.time())).accepted == 1
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await asyncio.gather(*(writer(store, w) for w in range(writers)))
+        assert sum(s.conflicts for s in processes(store)) > 0  # the WATCH path really ran
+        events = sorted(
+            (
+                Event(ts[w, i], 0, 1 + (w * 7 + i) % 300, 1 + i % 2)
+                for w in range(writers)
+                for i in range(per_writer)
+            ),
+            key=lambda e: e.ts,
+        )
+        events = [e._replace(seq=s) for s, e in enumerate(events)]
+        await check_against_batch(store, loaded.view, torch_model, "hot", events)
+
+    run(with_store(backend, prefix, go))
+
+
+def test_a_store_written_for_bucket_tokens_is_refused_not_misread(backend, prefix, loaded, tiny_bundle):  # type: ignore[no-untyped-def]
+    """Buckets keep only G items per category: a memory model cannot be served from them."""
+    buckets = load_model(tiny_bundle, device="cpu", warmup=False).view
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(buckets, [NewEvent("b2m", 1 + i, 1, i) for i in range(20)], now=0.0)
+        with pytest.raises(StoreConflict, match="G=0: the memory compressor's full history"):
+            await store.append(loaded.view, [NewEvent("b2m", 5, 1, 99)], now=0.0)
+
+    run(with_store(backend, prefix, go))
