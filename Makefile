@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-store loadtest export serve clean
+.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store loadtest export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,9 +54,14 @@ results: install
 bench: install
 	$(BIN)/python -m loadtests.bench_model
 
-## Redis bytes per user and backfill events/s (writes loadtests/results/store.json).
+## Token layouts and compressors at 2,048 events + memory fold costs (writes loadtests/results/bench_variants.json).
+bench-variants: install
+	$(BIN)/python -m loadtests.bench_model --variants --batches 1 32
+
+## Redis bytes per user and backfill events/s, bucket and memory store (writes loadtests/results/store*.json).
 bench-store: install
 	$(BIN)/python -m loadtests.store_bench
+	$(BIN)/python -m loadtests.store_bench --compressor memory
 
 ## Load test: floor vs CAUSE vs HSTU-full vs /events (PRESET=ci|small|default; writes loadtests/results/).
 PRESET ?= small

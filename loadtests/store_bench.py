@@ -1,6 +1,7 @@
 """Store sizing: Redis bytes per user and backfill events/s at L=64, V=8, G=32, d=64.
 
     python -m loadtests.store_bench --out loadtests/results/store.json
+    python -m loadtests.store_bench --compressor memory     # C=8, S=8: loadtests/results/store_memory.json
 
 Synthetic users with long histories (default 1,000 users x 2,048 events, 20 categories) are
 loaded through the store's own append path into an embedded redis-server (AOF, appendfsync
@@ -27,14 +28,15 @@ from service.redis_server import EmbeddedRedis
 from service.store_codec import user_keys
 
 
-async def bytes_per_user(url: str, users: list[str], prefix: str) -> dict[str, float]:
+async def bytes_per_user(url: str, users: list[str], prefix: str, names: list[str]) -> dict[str, float]:
+    """Mean MEMORY USAGE of each of a user's keys named (UserKeys fields), and their total."""
     client = Redis.from_url(url)
-    totals: dict[str, list[int]] = {"recent": [], "buckets": [], "tokens": []}
+    totals: dict[str, list[int]] = {name: [] for name in names}
     try:
         for user in users:
             k = user_keys(prefix, user)
-            for name, key in (("recent", k.recent), ("buckets", k.buckets), ("tokens", k.tokens)):
-                totals[name].append(int(await client.memory_usage(key, samples=0) or 0))
+            for name in names:
+                totals[name].append(int(await client.memory_usage(getattr(k, name), samples=0) or 0))
     finally:
         await client.aclose()
     out = {name: float(np.mean(v)) for name, v in totals.items()}
@@ -47,8 +49,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--events", type=int, default=2048)
     parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--out", type=Path, default=Path("loadtests/results/store.json"))
+    parser.add_argument("--compressor", choices=["cause", "memory"], default="cause")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/store[_memory].json")
     args = parser.parse_args()
+    memory = args.compressor == "memory"
+    args.out = args.out or Path("loadtests/results") / ("store_memory.json" if memory else "store.json")
+    shape = {"memory_slots": 8, "segment_len": 8} if memory else {"num_buckets": 8, "bucket_size": 32}
 
     from export.bundle import export_bundle
     from model.data import load_dataset
@@ -69,8 +75,10 @@ def main() -> None:
         # whose catalogue covers every item of the data.
         train(
             data,
-            {"mode": "cause", "recent_len": 64, "num_buckets": 8, "bucket_size": 32, "d_model": 64},
-            TrainConfig(epochs=1, samples_per_user=1, max_eval_users=64),
+            {"mode": "cause", "recent_len": 64, "d_model": 64, "compressor": args.compressor, **shape},
+            # Teacher forcing holds every segment of every sample in the batch: 2,048-event users
+            # need small batches to fit in memory.
+            TrainConfig(epochs=1, samples_per_user=1, max_eval_users=64, batch_size=8 if memory else 128),
             root / "run",
             progress=False,
         )
@@ -80,16 +88,17 @@ def main() -> None:
             sample = [
                 data.users.external(r + 1) for r in range(0, data.num_users, max(1, data.num_users // 100))
             ]
-            sizes = asyncio.run(bytes_per_user(server.url, sample, "bench"))
+            names = ["recent", "history", "memory", "tokens"] if memory else ["recent", "buckets", "tokens"]
+            sizes = asyncio.run(bytes_per_user(server.url, sample, "bench", names))
     result = {
         "command": "python -m loadtests.store_bench "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "compressor": args.compressor,
         "machine": machine(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "config": {
             "L": 64,
-            "V": 8,
-            "G": 32,
+            **({"C": 8, "S": 8} if memory else {"V": 8, "G": 32}),
             "d": 64,
             "categories": 20,
             "events_per_user": args.events,

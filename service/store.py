@@ -406,7 +406,8 @@ class Store:
                 history = sorted(p.history + new_events, key=lambda e: e.key)
                 if new_events:
                     tx.set(p.keys.history, encode_events(history))
-                jobs.append((p, refold_job(view, history, history_seq)))
+                if history:  # an empty one means a deleted `hist` key: serve without history tokens
+                    jobs.append((p, refold_job(view, history, history_seq)))
             elif new_events:
                 tx.append(p.keys.history, encode_events(new_events))
                 old, exclude = p.old_memory, []

@@ -184,3 +184,19 @@ def test_a_store_written_for_bucket_tokens_is_refused_not_misread(backend, prefi
             await store.append(loaded.view, [NewEvent("b2m", 5, 1, 99)], now=0.0)
 
     run(with_store(backend, prefix, go))
+
+
+def test_a_lost_history_key_degrades_to_no_history_tokens(backend, prefix, loaded):  # type: ignore[no-untyped-def]
+    """Someone deleted `hist` and a new model needs a refold: the user is served from the recent
+    window alone, not with an error, and the next event's append still works."""
+    other = replace(loaded.view, version="memory-model-03")
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        await store.append(loaded.view, [NewEvent("lost", 1 + i, 1, i) for i in range(30)], now=0.0)
+        await store.redis.delete(store.keys("lost").history)
+        snap = (await store.read(other, ["lost"], now=0.0))[0]
+        assert snap.tokens is None
+        assert len(snap.recent.events) == other.recent_len
+        assert (await store.append(other, [NewEvent("lost", 3, 1, 100)], now=0.0)).accepted == 1
+
+    run(with_store(backend, prefix, go))
