@@ -78,10 +78,11 @@ def train(
     dropout: float = typer.Option(0.2),
     backbone: str = typer.Option("hstu", help="hstu | transformer"),
     token_layout: str = typer.Option(
-        "interleaved", help="interleaved (HSTU) | stacked (GenRank) | late-fusion (AttnLFA)"
+        "interleaved",
+        help="interleaved (HSTU) | stacked (GenRank) | late-fusion (AttnLFA) | attn-mvp (AttnMVP)",
     ),
     compressor: str = typer.Option(
-        "cause", help="cause: V category buckets | memory: C folded memory tokens (Rec2PM, offline only)"
+        "cause", help="cause: V category buckets | memory: C folded memory tokens (Rec2PM)"
     ),
     memory_slots: int = typer.Option(8, help="C: memory tokens (--compressor memory)"),
     segment_len: int = typer.Option(8, help="S: history events per memory fold (--compressor memory)"),

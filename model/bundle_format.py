@@ -59,7 +59,7 @@ class Manifest(BaseModel):
     version: str = Field(description="content hash of the graphs and catalog: the model version")
     created_at: str = Field(description="UTC ISO-8601 time of export")
     mode: str = Field(description="hstu | hstu-full | cause")
-    token_layout: str = Field("interleaved", description="interleaved | stacked | late-fusion")
+    token_layout: str = Field("interleaved", description="interleaved | stacked | late-fusion | attn-mvp")
     recent_len: int = Field(description="L: the most recent events fed raw")
     length_buckets: list[int] = Field(description="recent lengths the engine pads to (ascending, last = L)")
     num_buckets: int = Field(

@@ -127,7 +127,10 @@ class CauseRecommender(nn.Module):
         stamps.append(recent_ts)
         x = self.input_dropout(torch.cat(parts, dim=1))
         all_valid = torch.cat(valid, dim=1)
-        return self.backbone(x, all_valid, torch.cat(stamps, dim=1)), all_valid
+        values = self.layout.action_values(self, actions)
+        if values is not None:  # the recent tokens come last; the others carry no action
+            values = torch.cat([values.new_zeros(b, x.shape[1] - values.shape[1], x.shape[2]), values], 1)
+        return self.backbone(x, all_valid, torch.cat(stamps, dim=1), values), all_valid
 
     @property
     def recent_offset(self) -> int:

@@ -7,8 +7,9 @@ from typing import Any
 
 MODES = ("hstu", "hstu-full", "cause")
 # interleaved: item_t, action_t tokens (HSTU); stacked: one token per event (GenRank);
-# late-fusion: item tokens only, actions pooled after the backbone (AttnLFA). See model/layouts.py.
-TOKEN_LAYOUTS = ("interleaved", "stacked", "late-fusion")
+# late-fusion: item tokens only, actions pooled after the backbone (AttnLFA); attn-mvp: item tokens
+# only, actions mixed into every layer's attention values (AttnMVP). See model/layouts.py.
+TOKEN_LAYOUTS = ("interleaved", "stacked", "late-fusion", "attn-mvp")
 # cause: V category bucket tokens (the paper); memory: C folded preference-memory tokens (Rec2PM,
 # model/memory.py). Both sit in the same input slots, after the user token.
 COMPRESSORS = ("cause", "memory")
@@ -46,6 +47,7 @@ class ModelConfig:
         assert self.backbone in ("hstu", "transformer")
         assert self.token_layout in TOKEN_LAYOUTS, f"token_layout must be one of {TOKEN_LAYOUTS}"
         assert self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"
+        assert self.token_layout != "attn-mvp" or self.backbone == "hstu", "attn-mvp needs the hstu backbone"
         assert self.d_model % self.num_heads == 0, "d_model must divide into heads"
 
     @property

@@ -5,6 +5,9 @@ Per layer (eq. 1-3):
     A(X) V(X)  = (SiLU(Q K^T + rab) / n) V        pointwise, not softmax; n = valid tokens
     Y(X)       = X + f2(Dropout(U * LayerNorm(A(X) V(X))))
 rab = learned relative-position bias + learned bias over log-bucketed time gaps.
+With the attn-mvp layout each layer also mixes action values in (model/layouts.py):
+    A(X) V(X) + (A(X) * [m < n]) W_a^l a        a_m = the action of token m (0 for other tokens)
+the strictly-earlier mask keeps position n from seeing its own action.
 
 Padding invariance matters for serving: positions come from the count of *valid* tokens, masked
 keys contribute exactly zero and the normalisation uses the valid count, so padding the input to a
@@ -54,9 +57,11 @@ class RelativeBias(nn.Module):
 
 
 class HSTULayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, action_values: bool = False) -> None:
         super().__init__()
         self.heads = cfg.num_heads
+        # No bias: tokens without an action (a_m = 0) then add exactly nothing.
+        self.action_value = nn.Linear(cfg.d_model, cfg.d_model, bias=False) if action_values else None
         self.norm_in = nn.LayerNorm(cfg.d_model)
         self.uvqk = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.norm_attn = nn.LayerNorm(cfg.d_model)
@@ -71,14 +76,21 @@ class HSTULayer(nn.Module):
         scaled_mask: torch.Tensor,
         rel_pos: torch.Tensor,
         time_bucket: torch.Tensor,
+        actions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D); scaled_mask (B, 1, T, T): the causal-and-valid mask / number of valid tokens."""
+        """x (B, T, D); scaled_mask (B, 1, T, T): the causal-and-valid mask / number of valid tokens;
+        actions (B, T, D): action embeddings mixed into the values (attn-mvp), 0 where none."""
         b, t, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)  # each (B, T, D)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         scores = q @ k.transpose(-1, -2) + self.rab(rel_pos, time_bucket)  # (B, H, T, T)
         weights = F.silu(scores) * scaled_mask
-        attended = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        attended = weights @ v  # (B, H, T, D / H)
+        if self.action_value is not None and actions is not None:
+            a = self.action_value(actions).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            earlier = torch.ones(t, t, dtype=torch.bool, device=x.device).tril(-1).to(x.dtype)
+            attended = attended + (weights * earlier) @ a
+        attended = attended.transpose(1, 2).reshape(b, t, d)
         return x + self.out(self.dropout(u * self.norm_attn(attended)))
 
 
@@ -104,6 +116,7 @@ class SoftmaxLayer(nn.Module):
         scaled_mask: torch.Tensor,
         rel_pos: torch.Tensor,
         time_bucket: torch.Tensor,
+        actions: torch.Tensor | None = None,  # attn-mvp needs the hstu backbone: always None
     ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = (
@@ -121,12 +134,17 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.max_rel_pos, self.num_time_buckets = cfg.max_rel_pos, cfg.num_time_buckets
-        layer = HSTULayer if cfg.backbone == "hstu" else SoftmaxLayer
-        self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.num_layers))
+        mvp = cfg.token_layout == "attn-mvp"
+        self.layers = nn.ModuleList(
+            HSTULayer(cfg, action_values=mvp) if cfg.backbone == "hstu" else SoftmaxLayer(cfg)
+            for _ in range(cfg.num_layers)
+        )
         self.norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), valid (B, T) bool, ts (B, T) int64 -> (B, T, D)."""
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, T, D), valid (B, T) bool, ts (B, T) int64 -> (B, T, D); actions: see HSTULayer."""
         t = x.shape[1]
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         mask2d = causal[None] & valid[:, None, :] & valid[:, :, None]
@@ -136,5 +154,5 @@ class Backbone(nn.Module):
         scaled_mask = attn_mask / n_valid.view(-1, 1, 1, 1)
         rel_pos, time_bucket = relative_indices(positions, ts, self.max_rel_pos, self.num_time_buckets)
         for layer in self.layers:
-            x = layer(x, attn_mask, scaled_mask, rel_pos, time_bucket)
+            x = layer(x, attn_mask, scaled_mask, rel_pos, time_bucket, actions)
         return self.norm(x)

@@ -13,6 +13,10 @@ late-fusion (AttnLFA): only item tokens go through the backbone (L tokens). Afte
     attention with item states as queries and keys and action embeddings as values, over m < n
     only (position n never sees action_n), gives each position a pooled action vector; the heads
     read Linear([item state, pooled action]).
+attn-mvp (AttnMVP, same paper): only item tokens, L of them; inside every backbone layer the
+    values of strictly earlier events carry their action too (model.hstu.HSTULayer), so actions
+    shape every layer instead of being pooled once at the end. The state at t predicts action_t;
+    as in stacked, the next-item query adds a projection of action_t.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class Layout(nn.Module):
         """Backbone states of the recent tokens -> (next-item query, action-head input), each (B, L, D):
         entry t predicts item_{t+1} and action_t respectively."""
         raise NotImplementedError
+
+    def action_values(self, model: CauseRecommender, actions: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) actions -> (B, L, D) for the backbone's values (attn-mvp), or None."""
+        return None
 
 
 class Interleaved(Layout):
@@ -99,7 +107,19 @@ class LateFusion(Layout):
         return fused, fused
 
 
+class AttnMVP(Stacked):
+    """Stacked's next-item query, without actions in the tokens: they enter the layers' values."""
+
+    def tokens(self, model, items, actions, ts, mask):  # type: ignore[no-untyped-def]
+        return model.item_tokens(items) + model.type_emb.weight[ITEM], mask, ts
+
+    def action_values(self, model, actions):  # type: ignore[no-untyped-def]
+        return model.action_emb(actions)
+
+
 def make_layout(cfg: ModelConfig) -> Layout:
+    if cfg.token_layout == "attn-mvp":
+        return AttnMVP(cfg)
     if cfg.token_layout == "stacked":
         return Stacked(cfg)
     if cfg.token_layout == "late-fusion":

@@ -31,6 +31,7 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("cause L=16, V=4 (tuned on validation)", {"mode": "cause", "recent_len": 16, "num_buckets": 4}),
     ("cause L=16, stacked tokens", {"mode": "cause", "recent_len": 16, "token_layout": "stacked"}),
     ("cause L=16, late-fusion tokens", {"mode": "cause", "recent_len": 16, "token_layout": "late-fusion"}),
+    ("cause L=16, attn-mvp tokens", {"mode": "cause", "recent_len": 16, "token_layout": "attn-mvp"}),
     ("L=16, memory compressor (Rec2PM)", {"mode": "cause", "recent_len": 16, "compressor": "memory"}),
 ]
 # Probes of CAUSE's V and G, judged on the validation split only (the table above reports test).

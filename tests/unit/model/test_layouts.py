@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from model.cause import model_inputs
+from model.config import TOKEN_LAYOUTS
 from model.evaluate import to_tensors
 from model.samples import SampleBuilder
 from model.train import TrainConfig, build_model, train
 from tests.conftest import TINY_MODEL
 from tests.unit.export.test_parity import assert_onnx_matches_torch
 
-LAYOUTS = ["interleaved", "stacked", "late-fusion"]
+LAYOUTS = list(TOKEN_LAYOUTS)
 SMALL = {"recent_len": 8, "num_buckets": 4, "bucket_size": 8, "d_model": 32, "num_layers": 2, "num_heads": 4}
 
 
@@ -74,10 +75,15 @@ def test_layout_scores_do_not_depend_on_padding(tiny_dataset, layout) -> None:  
 
 def test_one_token_per_event_halves_the_sequence(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
     lengths = {layout: _model(tiny_dataset, layout).cfg.seq_len for layout in LAYOUTS}
-    assert lengths == {"interleaved": 1 + 4 + 16, "stacked": 1 + 4 + 8, "late-fusion": 1 + 4 + 8}
+    assert lengths == {
+        "interleaved": 1 + 4 + 16,
+        "stacked": 1 + 4 + 8,
+        "late-fusion": 1 + 4 + 8,
+        "attn-mvp": 1 + 4 + 8,
+    }
 
 
-@pytest.mark.parametrize("layout", ["stacked", "late-fusion"])
+@pytest.mark.parametrize("layout", ["stacked", "late-fusion", "attn-mvp"])
 def test_layout_trains_exports_and_matches_onnx(tiny_dataset, tmp_path, layout) -> None:  # type: ignore[no-untyped-def]
     from export.bundle import export_bundle
     from service.bundle import load_bundle
