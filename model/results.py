@@ -341,7 +341,7 @@ the table reports the **test** split, full ranking over all items with the user'
 masked; mean ± std over seeds. HSTU backbone for every row: 3 layers, d=64, 8 heads, 200 sampled
 negatives; CAUSE with V=8 buckets of G=32 items; the memory compressor (Rec2PM) with C=8 memory
 tokens folded from segments of S=8 history events, consistency weight 0.1. Input tokens =
-1 + V + 2L (interleaved layout) or 1 + V + L (stacked, late-fusion: one token per event), with C
+1 + V + 2L (interleaved layout) or 1 + V + L (stacked, late-fusion, attn-mvp: one token per event), with C
 in place of V for the memory row.
 Machine: {machine()}.
 Cost columns: {cost_note(out)}
