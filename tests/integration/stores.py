@@ -6,8 +6,26 @@ import asyncio
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from hypothesis import strategies as st
 
-from service.store import Store
+from model.bucketing import Event
+from service.store import ModelView, NewEvent, Store
+
+# (ts, item, action): a small ts range gives many ties and late (out-of-order) events.
+event_streams = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(1, 300), st.integers(1, 2)), min_size=0, max_size=60
+)
+
+
+async def append_in_chunks(
+    store: Store, view: ModelView, user: str, stream: list[tuple[int, int, int]], chunk: int, now: float
+) -> list[Event]:
+    """Append a stream in batches of ``chunk`` (batching must not matter); returns the events with
+    the seq numbers the store gives them."""
+    new = [NewEvent(user, item, action, ts) for ts, item, action in stream]
+    for lo in range(0, len(new), chunk):
+        await store.append(view, new[lo : lo + chunk], now=now)
+    return [Event(ts, seq, item, action) for seq, (ts, item, action) in enumerate(stream)]
 
 
 def run(coro):  # type: ignore[no-untyped-def]

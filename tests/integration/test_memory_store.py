@@ -22,7 +22,7 @@ from service.errors import StoreConflict
 from service.runtime import LoadedModel, load_model
 from service.store import ModelView, NewEvent, Store
 from service.store_codec import decode_events, decode_memory, decode_recent, decode_tokens
-from tests.integration.stores import processes, run, with_store
+from tests.integration.stores import append_in_chunks, event_streams, processes, run, with_store
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
@@ -73,23 +73,13 @@ async def check_against_batch(
     assert exclude == list(dict.fromkeys(e.item for e in reversed(history)))[: len(exclude)]
 
 
-event_streams = st.lists(
-    st.tuples(st.integers(0, 40), st.integers(1, 300), st.integers(1, 2)),  # small ts range: late events
-    min_size=0,
-    max_size=60,
-)
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=event_streams, chunk=st.integers(1, 7))
 def test_incremental_folding_equals_the_batch_fold_in_torch(backend, loaded, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
     user = f"mem-{next(_ids)}"
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        new = [NewEvent(user, item, action, ts) for ts, item, action in stream]
-        for lo in range(0, len(new), chunk):  # arbitrary batching must not matter
-            await store.append(loaded.view, new[lo : lo + chunk], now=time.time())
-        events = [Event(ts, seq, item, action) for seq, (ts, item, action) in enumerate(stream)]
+        events = await append_in_chunks(store, loaded.view, user, stream, chunk, time.time())
         if events:
             await check_against_batch(store, loaded.view, torch_model, user, events)
 

@@ -19,7 +19,7 @@ from model.train import load_model as load_torch_model
 from service.runtime import LoadedModel, load_model
 from service.store import NewEvent, Store
 from service.store_codec import decode_bucket, decode_recent, decode_tokens
-from tests.integration.stores import like, processes, run, with_store
+from tests.integration.stores import append_in_chunks, event_streams, like, processes, run, with_store
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
@@ -79,26 +79,16 @@ def _check_against_batch(loaded, torch_model, events: list[Event], recent, bucke
     np.testing.assert_allclose(tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
 
 
-event_streams = st.lists(
-    st.tuples(st.integers(0, 40), st.integers(1, 300), st.integers(1, 2)),  # small ts range: many ties
-    min_size=0,
-    max_size=60,
-)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=event_streams, chunk=st.integers(1, 7))
 def test_incremental_store_equals_batch_rule_and_torch_tokens(backend, loaded, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
     user = f"prop-{next(_ids)}"
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        new = [NewEvent(user, item, action, ts) for ts, item, action in stream]
-        for lo in range(0, len(new), chunk):  # arbitrary batching must not matter
-            await store.append(loaded.view, new[lo : lo + chunk], now=time.time())
-        if not new:
+        events = await append_in_chunks(store, loaded.view, user, stream, chunk, time.time())
+        if not events:
             return
         recent, buckets, tokens = await _raw_state(store, user)
-        events = [Event(ts, seq, item, action) for seq, (ts, item, action) in enumerate(stream)]
         assert recent.next_seq == len(events)
         _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
 
