@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from model.bucketing import Event
 from model.bundle_format import FOLD_GRAPH, FOLD_OUTPUTS, HISTORY_GRAPH, MEMORY_INIT, RANKING_GRAPH
+from model.segments import segment_arrays
 from service.bundle import Bundle
 from service.errors import BundleError
 
@@ -194,6 +196,4 @@ class Engine:
             )
         if self.folder is not None:
             s = self.bundle.manifest.segment_len
-            one = np.ones((1, s), np.int64)
-            segment = {"seg_items": one, "seg_actions": one, "seg_ts": one * 0, "seg_mask": one > 0}
-            self.fold(self.initial_memory[None], segment)
+            self.fold(self.initial_memory[None], segment_arrays([[Event(0, 0, 1, 1)] * s], s))

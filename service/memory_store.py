@@ -77,7 +77,8 @@ def refold_job(view: MemoryView, history: list[Event], history_seq: int) -> Fold
 def extend_job(
     view: MemoryView, old: MemoryRecord, exclude: list[int], new_events: list[Event], history_seq: int
 ) -> FoldJob:
-    """Events all newer than the folded history: only the open segment and what follows it move."""
+    """``new_events`` (at least one, key order) all newer than the folded history: only the open
+    segment and what follows it move."""
     segments, open_events = cut_segments(old.open_events + new_events, view.segment_len)
     return FoldJob(
         history_seq,
@@ -85,16 +86,18 @@ def extend_job(
         old.folded,
         segments,
         open_events,
-        new_events[-1].key if new_events else old.last_key,
+        new_events[-1].key,
         newest_distinct(new_events, exclude),
     )
 
 
 def run_folds(view: MemoryView, version: str, jobs: list[FoldJob]) -> list[tuple[MemoryRecord, Tokens]]:
     """Every job's new memory record and tokens, with one fold call per round for all jobs."""
+    if not jobs:
+        return []
     s = view.segment_len
-    memory = np.stack([j.memory for j in jobs]).astype(np.float32) if jobs else np.zeros((0, 0, 0))
-    for r in range(max((len(j.segments) for j in jobs), default=0)):
+    memory = np.stack([j.memory for j in jobs]).astype(np.float32)
+    for r in range(max(len(j.segments) for j in jobs)):
         rows = [i for i, j in enumerate(jobs) if len(j.segments) > r]
         arrays = segment_arrays([jobs[i].segments[r] for i in rows], s)
         memory[rows] = view.fold(memory[rows], arrays)

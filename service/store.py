@@ -109,8 +109,9 @@ class _Pending:
     duplicates: int = 0
 
 
-def tokens_fresh(tokens: Tokens | None, model: ModelView, recent: Recent) -> bool:
-    """The one rule for serving stored tokens: same model version and same history state."""
+def tokens_fresh(tokens: Tokens | MemoryRecord | None, model: ModelView, recent: Recent) -> bool:
+    """The one rule for using stored derived state (tokens, a folded memory): same model version and
+    same history state."""
     return tokens is not None and (tokens.version, tokens.history_seq) == (model.version, recent.history_seq)
 
 
@@ -363,12 +364,10 @@ class Store:
         the newest history event (it lands inside an already folded segment)."""
         if p.recent.history_seq == 0:
             return False
-        stamps_match = (
-            p.old_memory is not None
-            and tokens_fresh(p.old_tokens, model, p.recent)
-            and (p.old_memory.version, p.old_memory.history_seq) == (model.version, p.recent.history_seq)
-        )
-        return not stamps_match or any(e.key < p.old_memory.last_key for e in p.evicted)  # type: ignore[union-attr]
+        if not (tokens_fresh(p.old_tokens, model, p.recent) and tokens_fresh(p.old_memory, model, p.recent)):
+            return True
+        assert p.old_memory is not None  # fresh
+        return any(e.key < p.old_memory.last_key for e in p.evicted)
 
     @staticmethod
     def _needs_rebuild(model: ModelView, p: _Pending) -> bool:
@@ -391,17 +390,24 @@ class Store:
         else:
             self._queue_memory_writes(tx, model, model.memory, pending)
 
+    @staticmethod
+    def _write_recent(tx: Any, model: ModelView, p: _Pending, history_changed: bool) -> int:
+        """Queue the new recent window; return its history seq, which derived state is stamped with:
+        the new next seq when the history changed, else unchanged."""
+        next_seq = p.recent.next_seq + len(p.accepted)
+        history_seq = next_seq if history_changed else p.recent.history_seq
+        p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
+        if p.accepted:
+            tx.set(p.keys.recent, encode_recent(p.new_recent))
+        return history_seq
+
     def _queue_memory_writes(
         self, tx: Any, model: ModelView, view: MemoryView, pending: list[_Pending]
     ) -> None:
         jobs: list[tuple[_Pending, FoldJob]] = []
         for p in pending:
             new_events = sorted(p.evicted, key=lambda e: e.key)
-            next_seq = p.recent.next_seq + len(p.accepted)
-            history_seq = next_seq if new_events else p.recent.history_seq
-            p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
-            if p.accepted:
-                tx.set(p.keys.recent, encode_recent(p.new_recent))
+            history_seq = self._write_recent(tx, model, p, history_changed=bool(new_events))
             if p.rebuild:
                 history = sorted(p.history + new_events, key=lambda e: e.key)
                 if new_events:
@@ -431,11 +437,7 @@ class Store:
             touched: set[int] = set()
             for e in p.evicted:
                 touched |= p.state.add_to_history(e, model.categories_of)
-            next_seq = p.recent.next_seq + len(p.accepted)
-            history_seq = next_seq if touched else p.recent.history_seq
-            p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
-            if p.accepted:
-                tx.set(p.keys.recent, encode_recent(p.new_recent))
+            history_seq = self._write_recent(tx, model, p, history_changed=bool(touched))
             if touched:
                 tx.hset(p.keys.buckets, mapping={str(c): encode_bucket(p.state.buckets[c]) for c in touched})
             if model.num_buckets and not (touched or rebuild) and p.recent.history_seq > 0:
