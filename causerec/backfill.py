@@ -12,7 +12,8 @@ from rich.progress import Progress
 from model.data import Dataset
 from service.redis_client import connect
 from service.runtime import load_model
-from service.store import NewEvent, Store
+from service.store import Store
+from service.user_state import NewEvent
 
 
 async def backfill(
@@ -23,21 +24,26 @@ async def backfill(
     users_per_batch: int = 64,
     progress: bool = True,
     cluster: bool = False,
+    max_categories: int | None = 16,
 ) -> dict[str, Any]:
     """Append every event of ``data`` (ids mapped through the bundle's catalogue); events whose item
     or action the model does not know are skipped and counted."""
-    model = load_model(bundle)
-    item_map = np.zeros(data.num_items + 1, np.int64)
-    for i in range(1, data.num_items + 1):
-        item_map[i] = model.bundle.item_index.get(data.items.external(i), 0)
-    action_map = np.zeros(len(data.actions) + 1, np.int64)
-    for a in range(1, len(data.actions) + 1):
-        action_map[a] = model.bundle.action_index.get(data.actions.external(a), 0)
     client = connect(redis_url, cluster=cluster)
-    store = Store(client, prefix=key_prefix, per_user_transactions=cluster)
+    store = Store(client, prefix=key_prefix, max_buckets=max_categories)
     appended = skipped = 0
-    started = time.perf_counter()
     try:
+        model = await load_model(bundle, client, key_prefix, device="cpu")
+        # dataset id -> bundle id -> store id (0: the bundle does not know it)
+        ids = model.view.ids
+        item_map = np.zeros(data.num_items + 1, np.int64)
+        for i in range(1, data.num_items + 1):
+            internal = model.bundle.item_index.get(data.items.external(i), 0)
+            item_map[i] = ids.items.to_store[internal] if internal else 0
+        action_map = np.zeros(len(data.actions) + 1, np.int64)
+        for a in range(1, len(data.actions) + 1):
+            internal = model.bundle.action_index.get(data.actions.external(a), 0)
+            action_map[a] = ids.actions.to_store[internal] if internal else 0
+        started = time.perf_counter()
         with Progress(disable=not progress) as bar:
             task = bar.add_task("loading events", total=data.num_users)
             for lo in range(0, data.num_users, users_per_batch):
@@ -52,8 +58,11 @@ async def backfill(
                         NewEvent(user, int(i), int(a), int(t))
                         for i, a, t in zip(items[ok], actions[ok], data.ts[start:stop][ok], strict=True)
                     ]
-                result = await store.append(model.view, batch, now=time.time())
-                appended += result.accepted
+                outcomes = await store.append(model.view, batch, now=time.time())
+                failed = [o for o in outcomes if o.error is not None]
+                if failed:
+                    raise failed[0].error  # type: ignore[misc]
+                appended += sum(o.accepted for o in outcomes)
                 bar.advance(task, min(users_per_batch, data.num_users - lo))
     finally:
         await client.aclose()

@@ -3,6 +3,7 @@ start-up, so `causerec serve` and `causerec load-events` run in a serving-only i
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from causerec.options import config_parameters, split, with_parameters
+from model.config import ModelConfig, TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -63,97 +67,68 @@ def datasets() -> None:
         print(f"{adapter.name:10s} {adapter.files}")
 
 
-@app.command()
-def train(
-    dataset: str = typer.Option(..., help="adapter name (see `causerec datasets`)"),
-    data_dir: Path | None = DATA_DIR,
-    categories_csv: Path | None = CATEGORIES,
-    mode: str = typer.Option("cause", help="hstu | hstu-full | cause"),
-    recent_len: int = typer.Option(32, help="L: raw recent events (hstu-full: the cap on all events)"),
-    buckets: int = typer.Option(8, help="V: history tokens"),
-    bucket_size: int = typer.Option(32, help="G: items per bucket"),
-    d_model: int = typer.Option(64),
-    layers: int = typer.Option(3),
-    heads: int = typer.Option(8),
-    dropout: float = typer.Option(0.2),
-    backbone: str = typer.Option("hstu", help="hstu | transformer"),
-    token_layout: str = typer.Option(
-        "interleaved",
-        help="interleaved (HSTU) | stacked (GenRank) | late-fusion (AttnLFA) | attn-mvp (AttnMVP)",
-    ),
-    compressor: str = typer.Option(
-        "cause", help="cause: V category buckets | memory: C folded memory tokens (Rec2PM)"
-    ),
-    memory_slots: int = typer.Option(8, help="C: memory tokens (--compressor memory)"),
-    segment_len: int = typer.Option(8, help="S: history events per memory fold (--compressor memory)"),
-    memory_weight: float = typer.Option(0.1, help="lambda: fold-vs-reference consistency loss weight"),
-    no_align: bool = typer.Option(False, help="ablation: no W_align projection in bucket tokens"),
-    separators: bool = typer.Option(False, help="a separator token between history and recent events"),
-    epochs: int = typer.Option(50),
-    patience: int = typer.Option(5, help="epochs without validation NDCG@10 gain before stopping"),
-    batch_size: int = typer.Option(128),
-    lr: float = typer.Option(1e-3),
-    negatives: int = typer.Option(200, help="K sampled negatives for InfoNCE"),
-    action_weight: float = typer.Option(1.0, help="0 = the no-action-loss ablation"),
-    samples_per_user: int = typer.Option(4),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    min_rating: float | None = typer.Option(
-        None, help="MovieLens: ratings >= this are positives (default 4)"
-    ),
-    synthetic_users: int | None = typer.Option(None, help="synthetic: number of users"),
-    synthetic_items: int | None = typer.Option(None, help="synthetic: number of items"),
-    synthetic_events: int | None = typer.Option(None, help="synthetic: mean events per user"),
-    out: Path = typer.Option(..., help="run directory to write"),
-) -> None:
-    """Train HSTU / HSTU-full / CAUSE; keeps the best checkpoint by validation NDCG@10."""
-    from model.train import TrainConfig
+def _train(**opts: Any) -> None:
+    """Train HSTU / HSTU-full / CAUSE (or SASRec: --backbone transformer --token-layout items);
+    keeps the best checkpoint by validation NDCG@10. The defaults are the recipe of docs/RESULTS.md."""
     from model.train import train as run_training
 
-    options = {"min_rating": min_rating} if dataset.startswith("ml-") else {}
+    dataset = opts["dataset"]
+    options = {"min_rating": opts["min_rating"]} if dataset.startswith("ml-") or dataset == "csv" else {}
     if dataset == "synthetic":
-        options = _synthetic(synthetic_users, synthetic_items, synthetic_events, seed)
-    spec = _data_spec(dataset, data_dir, categories_csv, **options)
+        options = _synthetic(
+            opts["synthetic_users"], opts["synthetic_items"], opts["synthetic_events"], opts["seed"]
+        )
+    spec = _data_spec(dataset, opts["data_dir"], opts["categories_csv"], **options)
     data = _load(spec)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        num_negatives=negatives,
-        action_loss_weight=action_weight,
-        samples_per_user=samples_per_user,
-        patience=patience,
-        seed=seed,
-        device=device,
-        data=spec,
-    )
-    model_cfg = {
-        "mode": mode,
-        "recent_len": recent_len,
-        "num_buckets": buckets,
-        "bucket_size": bucket_size,
-        "d_model": d_model,
-        "num_layers": layers,
-        "num_heads": heads,
-        "dropout": dropout,
-        "backbone": backbone,
-        "token_layout": token_layout,
-        "compressor": compressor,
-        "memory_slots": memory_slots,
-        "segment_len": segment_len,
-        "memory_weight": memory_weight,
-        "use_align": not no_align,
-        "separators": separators,
-    }
-    result = run_training(data, model_cfg, cfg, out)
+    cfg = TrainConfig(**split(opts, TrainConfig), data=spec)
+    result = run_training(data, split(opts, ModelConfig), cfg, opts["out"])
     if not result:  # a torchrun rank other than 0: rank 0 reports
         return
+    best = result["best_valid"]
     print(
         json.dumps(
-            {"run": str(out), "test": result["test"], "best_valid_epoch": result["best_valid"]["epoch"]},
+            {
+                "run": str(opts["out"]),
+                "test": result["test"],
+                "best_valid_epoch": best["epoch"],
+                "best_valid_step": best["step"],
+            },
             indent=2,
         )
     )
+
+
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+app.command("train")(
+    with_parameters(
+        _train,
+        [
+            _option("dataset", str, typer.Option(..., help="adapter name (see `causerec datasets`)")),
+            _option("data_dir", Path | None, DATA_DIR),
+            _option("categories_csv", Path | None, CATEGORIES),
+            _option(
+                "min_rating",
+                float | None,
+                typer.Option(
+                    None,
+                    help="ratings >= this are events, the rating is the action (MovieLens default 4: "
+                    "positives; 0 keeps every rating); csv: the actions are ratings",
+                ),
+            ),
+            _option("synthetic_users", int | None, typer.Option(None, help="synthetic: number of users")),
+            _option("synthetic_items", int | None, typer.Option(None, help="synthetic: number of items")),
+            _option(
+                "synthetic_events", int | None, typer.Option(None, help="synthetic: mean events per user")
+            ),
+            *config_parameters(ModelConfig),
+            *config_parameters(TrainConfig),
+            _option("out", Path, typer.Option(..., help="run directory to write")),
+        ],
+    )
+)
 
 
 @app.command()
@@ -205,12 +180,20 @@ def categorize(
 def export(
     run_dir: Path = typer.Argument(..., help="a run directory from `causerec train`"),
     out: Path = typer.Option(..., help="bundle directory to write"),
+    index: str = typer.Option(
+        "auto",
+        help="approximate item index for CPU serving: auto (200,000 items or more) | always | never",
+    ),
 ) -> None:
-    """Write a versioned bundle: ONNX ranking graph (top-k inside), the store's history graph (bucket
-    tokens) or fold graph (memory compressor), manifest, catalog."""
+    """Write a versioned bundle: ONNX encoder and scorer (top-k inside), the store's history graph
+    (bucket tokens) or fold graph (memory compressor), manifest, catalog, and for large catalogues an
+    approximate item index."""
     from export.bundle import export_bundle
 
-    manifest = export_bundle(run_dir, out)
+    if index not in ("auto", "always", "never"):
+        typer.secho("error: --index is auto, always or never", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    manifest = export_bundle(run_dir, out, index=index)
     print(json.dumps({"bundle": str(out), "version": manifest.version, "mode": manifest.mode}))
 
 
@@ -292,6 +275,9 @@ def load_events(
     synthetic_items: int | None = typer.Option(None),
     synthetic_events: int | None = typer.Option(None),
     seed: int = typer.Option(0),
+    max_categories: int | None = typer.Option(
+        16, help="raw buckets kept per user (as CAUSEREC_MAX_CATEGORIES of the service)"
+    ),
 ) -> None:
     """Backfill a dataset's events into Redis through the store's own append path."""
     import asyncio
@@ -302,18 +288,29 @@ def load_events(
         _synthetic(synthetic_users, synthetic_items, synthetic_events, seed) if dataset == "synthetic" else {}
     )
     data = _load(_data_spec(dataset, data_dir, None, **options))
-    report = asyncio.run(backfill(bundle, data, redis_url, key_prefix, users_per_batch, cluster=cluster))
+    report = asyncio.run(
+        backfill(
+            bundle,
+            data,
+            redis_url,
+            key_prefix,
+            users_per_batch,
+            cluster=cluster,
+            max_categories=max_categories,
+        )
+    )
     print(json.dumps(report))
 
 
 @app.command("recompute-tokens")
 def recompute_tokens(
-    bundle: Path = typer.Option(...),
+    bundle: Path = typer.Option(..., help="the bundle about to be served"),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
     key_prefix: str = typer.Option("causerec"),
     cluster: bool = CLUSTER,
 ) -> None:
-    """Rebuild every user's history tokens for this bundle's model (after a model change)."""
+    """Build this bundle's history tokens for every user, before traffic moves to it: tokens are
+    kept per model version, so the model still serving is not disturbed (docs/DEPLOY.md, rollout)."""
     import asyncio
 
     from service.redis_client import connect
@@ -323,9 +320,8 @@ def recompute_tokens(
     async def run() -> int:
         client = connect(redis_url, cluster=cluster)
         try:
-            return await Store(client, prefix=key_prefix, per_user_transactions=cluster).recompute_all(
-                load_model(bundle).view, now=time.time()
-            )
+            model = await load_model(bundle, client, key_prefix, device="cpu")
+            return await Store(client, prefix=key_prefix).recompute_all(model.view)
         finally:
             await client.aclose()
 

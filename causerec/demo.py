@@ -30,8 +30,9 @@ def run_demo(workdir: Path, port: int, epochs: int) -> None:
 
     from causerec.backfill import backfill
     from export.bundle import export_bundle
+    from model.config import TrainConfig
     from model.data import load_dataset
-    from model.train import TrainConfig, train
+    from model.train import train
     from service.app import create_app
     from service.config import Settings
     from service.redis_server import EmbeddedRedis
@@ -42,13 +43,7 @@ def run_demo(workdir: Path, port: int, epochs: int) -> None:
     data = load_dataset("synthetic", **DEMO_DATA)
     typer.echo(f"      {data.describe()}", err=True)
     _step(2, f"training CAUSE + HSTU for up to {epochs} epochs on the CPU")
-    cfg = TrainConfig(
-        epochs=epochs,
-        patience=2,
-        lr=2e-3,
-        samples_per_user=2,
-        data={"dataset": "synthetic", "data_dir": None, "options": DEMO_DATA},
-    )
+    cfg = TrainConfig(epochs=epochs, data={"dataset": "synthetic", "data_dir": None, "options": DEMO_DATA})
     result = train(data, DEMO_MODEL, cfg, workdir / "run")
     typer.echo(
         f"      test NDCG@10 {result['test']['ndcg@10']:.4f}, MRR {result['test']['mrr']:.4f}", err=True

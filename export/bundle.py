@@ -11,17 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from export.graphs import export_fold_graph, export_history_graph, export_ranking_graph
+from export.graphs import export_encoder_graph, export_fold_graph, export_history_graph, export_scorer_graph
+from export.index import build_index
 from model.bundle_format import (
     CATALOG,
+    ENCODER_GRAPH,
     FOLD_GRAPH,
     FORMAT_VERSION,
     HISTORY_GRAPH,
+    INDEX_FILE,
     MANIFEST,
     MEMORY_INIT,
     OPSET,
-    RANKING_GRAPH,
+    SCORER_GRAPH,
     Manifest,
     file_sha256,
 )
@@ -37,8 +41,14 @@ def length_buckets(recent_len: int, smallest: int = 8) -> list[int]:
     return [*out, recent_len]
 
 
-def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
-    """Write the bundle for ``run_dir`` into ``out_dir`` (replaced atomically if it exists)."""
+INDEX_FROM_ITEMS = 200_000
+"""``index="auto"`` builds the approximate index from this catalogue size on (bench_retrieval)."""
+
+
+def export_bundle(run_dir: Path, out_dir: Path, index: str = "auto") -> Manifest:
+    """Write the bundle for ``run_dir`` into ``out_dir`` (replaced atomically if it exists).
+    ``index``: "auto" (an approximate item index for catalogues of INDEX_FROM_ITEMS or more),
+    "always" or "never"."""
     model = load_model(run_dir)
     cfg = model.cfg
     metrics: dict[str, Any] = {}
@@ -52,13 +62,19 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
     try:
-        export_ranking_graph(model, staging / RANKING_GRAPH)
+        export_encoder_graph(model, staging / ENCODER_GRAPH)
+        export_scorer_graph(model, staging / SCORER_GRAPH)
         if cfg.uses_memory:
             export_fold_graph(model, staging / FOLD_GRAPH)
             np.save(staging / MEMORY_INIT, model.compressor.initial.detach().numpy().astype(np.float32))
         elif cfg.mode == "cause":
             export_history_graph(model, staging / HISTORY_GRAPH)
         shutil.copy(run_dir / CATALOG, staging / CATALOG)
+        index_entry = None
+        if index == "always" or (index == "auto" and cfg.num_items >= INDEX_FROM_ITEMS):
+            with torch.no_grad():
+                items = model.scoring_table()[1:].numpy()
+            index_entry = build_index(items, staging / INDEX_FILE)
         files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         version = hashlib.sha256("".join(f"{n}:{h}" for n, h in files.items()).encode()).hexdigest()[:16]
         manifest = Manifest(
@@ -74,6 +90,8 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
             compressor=cfg.compressor if cfg.mode == "cause" else "cause",
             segment_len=cfg.segment_len if cfg.uses_memory else 0,
             d_model=cfg.d_model,
+            temperature=cfg.temperature,
+            index=index_entry,
             opset=OPSET,
             num_items=cfg.num_items,
             num_actions=cfg.num_actions,
@@ -84,6 +102,11 @@ def export_bundle(run_dir: Path, out_dir: Path) -> Manifest:
             train_config=run_info.get("train", {}),
         )
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        # mkdtemp makes the folder 0700: a serving container running as another user could not read
+        # a mounted bundle. Bundles hold no secrets; publish them world-readable.
+        staging.chmod(0o755)
+        for file in staging.iterdir():
+            file.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

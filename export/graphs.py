@@ -1,6 +1,7 @@
 """The ONNX graphs of a bundle, traced from the same torch modules training uses.
 
-ranking graph   (user, history tokens, recent events, exclusions, k) -> top-k (scores, ids)
+encoder graph   (user, history tokens, recent events) -> unit-norm query vector (cached per user)
+scorer graph    (query vectors, exclusions, k) -> top-k (scores, ids), every item scored
 history graph   (bucket items, bucket category) -> bucket tokens      (eq. 4, for the store)
 fold graph      (memory, one segment of events) -> next memory       (memory compressor, for the store)
 
@@ -18,25 +19,23 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from model.bundle_format import (
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
     FOLD_INPUTS,
     FOLD_OUTPUTS,
     HISTORY_INPUTS,
     HISTORY_OUTPUTS,
     OPSET,
-    RANK_INPUTS,
 )
 from model.cause import CauseRecommender
 
 
-class ScoringGraph(nn.Module):
-    """Scores of every item for each user, exclusions and padding set to -inf: (B, N + 1)."""
+class EncoderGraph(nn.Module):
+    """A user's inputs -> the unit-norm query vector the scorer ranks items with: (B, D)."""
 
     def __init__(self, model: CauseRecommender) -> None:
         super().__init__()
         self.model = model
-        with torch.no_grad():
-            # Constant at serving time: folding it into the graph saves the table pass per call.
-            self.register_buffer("table", (model.scoring_table() / model.cfg.temperature).T.contiguous())
 
     def forward(
         self,
@@ -48,10 +47,9 @@ class ScoringGraph(nn.Module):
         actions: torch.Tensor,
         ts: torch.Tensor,
         mask: torch.Tensor,
-        exclude: torch.Tensor,
     ) -> torch.Tensor:
         cause = self.model.cfg.mode == "cause"
-        state = self.model.last_state(
+        return self.model.last_state(
             user_hash=user_hash,
             hist_tokens=hist_tokens if cause else None,
             hist_mask=hist_mask if cause else None,
@@ -61,8 +59,20 @@ class ScoringGraph(nn.Module):
             ts=ts,
             mask=mask,
         )
+
+
+class ScorerGraph(nn.Module):
+    """Query vectors -> scores of every item, exclusions and padding set to -inf: (B, N + 1)."""
+
+    def __init__(self, model: CauseRecommender) -> None:
+        super().__init__()
+        with torch.no_grad():
+            # Constant at serving time: folding it into the graph saves the table pass per call.
+            self.register_buffer("table", (model.scoring_table() / model.cfg.temperature).T.contiguous())
+
+    def forward(self, query: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
         table: torch.Tensor = self.table  # type: ignore[assignment]
-        scores = state @ table  # (B, N + 1)
+        scores = query @ table  # (B, N + 1)
         # -1 pads `exclude`; clamping sends it to column 0, the padding item, which is -inf anyway.
         drop = exclude.clamp(min=0)
         scores = scores.scatter(1, drop, torch.full_like(drop, 0, dtype=scores.dtype) - float("inf"))
@@ -108,36 +118,50 @@ def example_inputs(model: CauseRecommender, batch: int = 2) -> tuple[torch.Tenso
         torch.ones(batch, length, dtype=torch.int64),
         torch.zeros(batch, length, dtype=torch.int64),
         torch.ones(batch, length, dtype=torch.bool),
-        -torch.ones(batch, 3, dtype=torch.int64),
     )
 
 
-def export_ranking_graph(model: CauseRecommender, path: Path) -> None:
-    """Trace the scoring graph, then append TopK so that ``k`` is a graph input.
+def export_encoder_graph(model: CauseRecommender, path: Path) -> None:
+    dynamic = {n: {0: "batch"} for n in (*ENCODER_INPUTS, *ENCODER_OUTPUTS)}
+    for n in ("items", "actions", "ts", "mask"):
+        dynamic[n] = {0: "batch", 1: "recent"}
+    torch.onnx.export(
+        EncoderGraph(model).eval(),
+        example_inputs(model),
+        str(path),
+        input_names=list(ENCODER_INPUTS),
+        output_names=list(ENCODER_OUTPUTS),
+        dynamic_axes=dynamic,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def export_scorer_graph(model: CauseRecommender, path: Path) -> None:
+    """Trace the scorer, then append TopK so that ``k`` is a graph input.
 
     TopK is added by hand because the tracer freezes a Python ``k``; inside the graph only k ids
     and scores leave the device.
     """
-    names = list(RANK_INPUTS[:-1])
-    dynamic = {n: {0: "batch"} for n in names}
-    for n in ("items", "actions", "ts", "mask"):
-        dynamic[n] = {0: "batch", 1: "recent"}
-    dynamic["exclude"] = {0: "batch", 1: "excluded"}
-    dynamic["all_scores"] = {0: "batch"}
+    example = (torch.zeros(2, model.cfg.d_model), -torch.ones(2, 3, dtype=torch.int64))
     torch.onnx.export(
-        ScoringGraph(model).eval(),
-        example_inputs(model),
+        ScorerGraph(model).eval(),
+        example,
         str(path),
-        input_names=names,
+        input_names=["query", "exclude"],
         output_names=["all_scores"],
-        dynamic_axes=dynamic,
+        dynamic_axes={
+            "query": {0: "batch"},
+            "exclude": {0: "batch", 1: "excluded"},
+            "all_scores": {0: "batch"},
+        },
         opset_version=OPSET,
         dynamo=False,
     )
     graph = onnx.load(str(path))
     graph.graph.output.pop()
-    k_input = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
-    graph.graph.input.append(k_input)
+    graph.graph.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
     graph.graph.node.append(
         helper.make_node("TopK", ["all_scores", "k"], ["scores", "ids"], axis=1, largest=1, sorted=1)
     )

@@ -2,13 +2,16 @@
 
     python -m loadtests.bench_model --out loadtests/results/bench_model.json
 
-For each history length (256, 512, 1,024, 2,048 events) and batch size (1, 32, 256) it times one call
-of the exported ranking graph (scoring against the whole catalogue and top-k inside) in ONNX
-Runtime and of the same module in PyTorch eager, on random weights (latency does not depend on
-them). CAUSE's input does not grow with the history (1 + 8 + 2 x 64 = 137 tokens); HSTU-full's does
-(1 + 2 x n). Configurations whose attention scores alone would exceed ``--max-attention-gb`` are
-recorded as skipped with the memory they would need, rather than run. Medians over repeated calls.
-Writes the JSON and a PNG of ms per call against history length.
+For each history length (256, 512, 1,024, 2,048 events) and batch size (1, 32, 256) it times one
+model call, encoder + scorer (the backbone, then every item of the catalogue scored and top-k inside
+the graph), in ONNX Runtime and of the same modules in PyTorch eager, on random weights (latency
+does not depend on them); the scorer alone (what a cached query state costs); and, for CAUSE, the
+store's CPU work per appended event at that history length (decode the state, apply the rule,
+recompute the touched bucket's token, encode; no Redis round trip). CAUSE's input does not grow
+with the history (1 + 8 + 2 x 64 = 137 tokens); HSTU-full's does (1 + 2 x n). Configurations whose
+attention scores alone would exceed ``--max-attention-gb`` are recorded as skipped with the memory
+they would need. Every cell is measured ``--repeats`` times (median of calls each): the report
+gives the median of those and their range. Writes the JSON and a PNG of ms per call against history.
 
     python -m loadtests.bench_model --variants --batches 1 32
 
@@ -32,10 +35,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graphs import ScoringGraph, export_fold_graph, export_ranking_graph
+from causerec.machine import machine
+from export.graphs import (
+    EncoderGraph,
+    ScorerGraph,
+    export_encoder_graph,
+    export_fold_graph,
+    export_scorer_graph,
+)
 from model.cause import CauseRecommender
 from model.config import TOKEN_LAYOUTS, ModelConfig
-from model.results import machine
 
 
 def make_model(
@@ -77,7 +86,14 @@ def inputs(model: CauseRecommender, batch: int, rng: np.random.Generator) -> dic
         "actions": rng.integers(1, 3, (batch, length)),
         "ts": 1_600_000_000 + np.sort(rng.integers(0, 10**6, (batch, length)), axis=1),
         "mask": np.ones((batch, length), bool),
-        "exclude": rng.integers(1, cfg.num_items + 1, (batch, 64)),
+    }
+
+
+def scorer_inputs(model: CauseRecommender, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    query = rng.standard_normal((batch, model.cfg.d_model)).astype(np.float32)
+    return {
+        "query": query / np.linalg.norm(query, axis=1, keepdims=True),
+        "exclude": rng.integers(1, model.cfg.num_items + 1, (batch, 64)),
         "k": np.array([20], np.int64),
     }
 
@@ -89,15 +105,11 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def timing(times: list[float]) -> dict[str, Any]:
-    return {
-        "ms_median": round(statistics.median(times), 3),
-        "ms_p90": round(float(np.percentile(times, 90)), 3),
-        "calls": len(times),
-    }
+REPEATS = 5  # set from --repeats
 
 
-def time_calls(fn: Any, min_calls: int = 5, min_s: float = 2.0, max_calls: int = 200) -> list[float]:
+def time_calls(fn: Any, min_calls: int = 5, min_s: float = 1.0, max_calls: int = 200) -> float:
+    """Median ms of repeated calls of ``fn`` after one warm-up call."""
     fn()  # warm-up (allocations, kernel selection)
     times: list[float] = []
     started = time.perf_counter()
@@ -105,7 +117,19 @@ def time_calls(fn: Any, min_calls: int = 5, min_s: float = 2.0, max_calls: int =
         t = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - t))
-    return times
+    return statistics.median(times)
+
+
+def timing(fn: Any, **kw: Any) -> dict[str, Any]:
+    """The median of REPEATS measurements (each a median of calls) and their range: on a shared
+    machine one measurement can be off by 2x, so the spread is reported, not hidden."""
+    runs = sorted(time_calls(fn, **kw) for _ in range(REPEATS))
+    return {
+        "ms_median": round(statistics.median(runs), 3),
+        "ms_min": round(runs[0], 3),
+        "ms_max": round(runs[-1], 3),
+        "repeats": REPEATS,
+    }
 
 
 def bench(
@@ -121,12 +145,16 @@ def bench(
 ) -> list[dict[str, Any]]:
     recent = 64 if mode == "cause" else history
     model = make_model(mode, recent, num_items, layout, compressor)
-    path = tmp / f"{mode}-{recent}-{layout}-{compressor}.onnx"
-    export_ranking_graph(model, path)
-    ranker = session(path, threads)
-    names = {i.name for i in ranker.get_inputs()}
+    stem = tmp / f"{mode}-{recent}-{layout}-{compressor}"
+    export_encoder_graph(model, stem.with_suffix(".encoder.onnx"))
+    export_scorer_graph(model, stem.with_suffix(".scorer.onnx"))
+    encoder, scorer = (
+        session(stem.with_suffix(".encoder.onnx"), threads),
+        session(stem.with_suffix(".scorer.onnx"), threads),
+    )
+    names = {i.name for i in encoder.get_inputs()}
     torch.set_num_threads(threads)
-    scorer = ScoringGraph(model).eval()
+    torch_encoder, torch_scorer = EncoderGraph(model).eval(), ScorerGraph(model).eval()
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
@@ -140,27 +168,90 @@ def bench(
             "input_tokens": seq,
             "batch": batch,
         }
+        scores = scorer_inputs(model, batch, rng)
+        rows.append(
+            {
+                **base,
+                "runtime": "onnxruntime",
+                "graph": "scorer (cached query)",
+                **timing(lambda f=scores: scorer.run(None, f)),
+            }
+        )
         if need_gb > max_attention_gb:
             for runtime in ("onnxruntime", "torch-eager"):
                 rows.append(
-                    {**base, "runtime": runtime, "skipped": f"attention scores alone need {need_gb:.1f} GB"}
+                    {
+                        **base,
+                        "runtime": runtime,
+                        "graph": "encoder + scorer",
+                        "skipped": f"attention scores alone need {need_gb:.1f} GB",
+                    }
                 )
             continue
-        feeds = inputs(model, batch, rng)
-        ort_feeds = {k: v for k, v in feeds.items() if k in names}
-        tensors = {k: torch.from_numpy(v) for k, v in feeds.items() if k != "k"}
+        every = inputs(model, batch, rng)
+        feeds = {k: v for k, v in every.items() if k in names}  # the graph drops inputs it does not use
+        tensors = {k: torch.from_numpy(v) for k, v in every.items()}
+        exclude = torch.from_numpy(scores["exclude"])
 
-        def run_torch(t: dict[str, torch.Tensor] = tensors) -> None:
+        def run_ort(f: dict[str, np.ndarray] = feeds, sc: dict[str, np.ndarray] = scores) -> None:
+            query = encoder.run(None, f)[0]
+            scorer.run(None, {**sc, "query": query})
+
+        def run_torch(t: dict[str, torch.Tensor] = tensors, e: torch.Tensor = exclude) -> None:
             with torch.no_grad():
-                scorer(**t).topk(20, dim=1)
+                torch_scorer(torch_encoder(**t), e).topk(20, dim=1)
 
-        for runtime, fn in (
-            ("onnxruntime", lambda f=ort_feeds: ranker.run(None, f)),
-            ("torch-eager", run_torch),
-        ):
-            rows.append({**base, "runtime": runtime, **timing(time_calls(fn))})
+        for runtime, fn in (("onnxruntime", run_ort), ("torch-eager", run_torch)):
+            rows.append({**base, "runtime": runtime, "graph": "encoder + scorer", **timing(fn)})
             print(json.dumps(rows[-1]), flush=True)  # noqa: T201 - progress of a long benchmark
     return rows
+
+
+def bench_store_event(history: int, num_items: int) -> dict[str, Any]:
+    """CAUSE: the store's CPU work for one appended event of a user with ``history`` events (decode
+    the state, apply the rule, recompute the touched bucket's token with the history graph, encode
+    the state and tokens), with the bundle's own code; Redis round trips are not included."""
+    from export.graphs import export_history_graph
+    from service.ids import StoreIds, _numbering
+    from service.store_codec import KIND_BUCKETS, State, decode_state, encode_state, encode_tokens
+    from service.user_state import ModelView, NewEvent, apply_events, build_tokens, token_job
+
+    model = make_model("cause", 64, num_items)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_history_graph(model, Path(tmp) / "history.onnx")
+        graph = session(Path(tmp) / "history.onnx", 1)
+    identity = _numbering(np.arange(1, num_items + 1))
+    cats = model.item_cats.numpy()
+    view = ModelView(
+        "bench",
+        64,
+        8,
+        32,
+        64,
+        StoreIds(identity, _numbering(np.arange(1, 3)), _numbering(np.arange(1, 21))),
+        lambda i: tuple(int(c) for c in cats[i]),
+        lambda c: c,
+        lambda items, c: graph.run(None, {"bucket_items": items, "bucket_cats": c})[0],
+    )
+    rng = np.random.default_rng(0)
+    events = [NewEvent("u", int(i), 1, t) for t, i in enumerate(rng.integers(1, num_items + 1, history))]
+    state = apply_events(State(KIND_BUCKETS, 64, 32), events, [], 0.0, view, 16).state
+    blob = encode_state(state)
+    old = build_tokens(view, [token_job(state, None, set(), view)])[0]
+    one = [NewEvent("u", 7, 1, history + 1)]
+
+    def append_one() -> None:
+        before = decode_state(blob)
+        after = apply_events(before, one, [], 0.0, view, 16)
+        tokens = build_tokens(view, [token_job(after.state, old, after.touched, view)])  # touched only
+        encode_state(after.state), encode_tokens(tokens[0])
+
+    return {
+        "mode": "cause",
+        "history_events": history,
+        "what": "store CPU per appended event",
+        **timing(append_one),
+    }
 
 
 def bench_fold(history: int, batches: list[int], threads: int, tmp: Path) -> list[dict[str, Any]]:
@@ -192,7 +283,7 @@ def bench_fold(history: int, batches: list[int], threads: int, tmp: Path) -> lis
                 **base,
                 "what": "one fold call",
                 "batch": batch,
-                **timing(time_calls(lambda f=f: folder.run(None, f))),
+                **timing(lambda f=f: folder.run(None, f)),
             }
         )
         print(json.dumps(rows[-1]), flush=True)  # noqa: T201
@@ -209,7 +300,7 @@ def bench_fold(history: int, batches: list[int], threads: int, tmp: Path) -> lis
             **base,
             "what": f"refold {history - 64} history events ({segments} segments)",
             "batch": 1,
-            **timing(time_calls(refold, min_calls=3, max_calls=20)),
+            **timing(refold, min_calls=3, max_calls=20),
         }
     )
     print(json.dumps(rows[-1]), flush=True)  # noqa: T201
@@ -223,6 +314,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-attention-gb", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per cell (median and range)")
     parser.add_argument("--out", type=Path, default=None, help="default: loadtests/results/<bench>.json")
     parser.add_argument(
         "--variants",
@@ -231,6 +323,8 @@ def main() -> None:
         "longest history, plus the memory compressor's fold costs",
     )
     args = parser.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     default_name = "bench_variants.json" if args.variants else "bench_model.json"
     args.out = args.out or Path("loadtests/results") / default_name
     rows = []
@@ -258,9 +352,12 @@ def main() -> None:
         write(args, rows)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        cause = bench("cause", 64, args.batches, args.items, args.threads, args.max_attention_gb, Path(tmp))
-        for history in args.histories:  # CAUSE's model call is the same whatever the history length
-            rows += [{**r, "history_events": history} for r in cause]
+        for history in args.histories:  # CAUSE's graph is the same at every length: measured at each anyway
+            rows += bench(
+                "cause", history, args.batches, args.items, args.threads, args.max_attention_gb, Path(tmp)
+            )
+            rows.append(bench_store_event(history, args.items))
+            print(json.dumps(rows[-1]), flush=True)  # noqa: T201
             rows += bench(
                 "hstu-full", history, args.batches, args.items, args.threads, args.max_attention_gb, Path(tmp)
             )
@@ -274,8 +371,9 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k not in ("out", "variants")
+            if k not in ("out", "variants", "repeats")
         )
+        + f" --repeats {args.repeats}"
         + (" --variants" if args.variants else ""),
         "machine": machine(),
         "device": "cpu",
@@ -299,8 +397,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             (r["history_events"], r["ms_median"])
             for r in rows
             if r.get("mode") == mode
-            and r["batch"] == batch
-            and r["runtime"] == "onnxruntime"
+            and r.get("batch") == batch
+            and r.get("runtime") == "onnxruntime"
+            and r.get("graph") == "encoder + scorer"
             and "ms_median" in r
         )
         if pts:

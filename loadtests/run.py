@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from causerec.backfill import backfill
+from causerec.machine import machine
 from export.bundle import export_bundle
 from loadtests.service_process import ServiceProcess
 from model.data import Dataset, load_dataset
-from model.results import machine
 from model.train import build_model, save_catalog
 from service.redis_server import EmbeddedRedis
 

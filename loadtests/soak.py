@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from causerec.backfill import backfill
+from causerec.machine import machine
 from export.bundle import export_bundle
 from loadtests.run import population, untrained_run, write_items
 from loadtests.service_process import ServiceProcess
-from model.results import machine
 from service.redis_server import EmbeddedRedis
 
 RSS_GROWTH_LIMIT = 0.10

@@ -56,9 +56,15 @@ class Bucket:
         return self.keys[0]
 
 
-def _rank(bucket: Bucket) -> tuple[int, int, int]:
+CategoryOrder = Callable[[int], int]
+"""Breaks ties between buckets with the same newest key (one event in several categories): the
+lower value ranks first. Training ranks by the catalogue's category id; the store, which keeps its
+own stable ids, passes the served bundle's numbering so both rank alike."""
+
+
+def _rank(bucket: Bucket, order: CategoryOrder | None = None) -> tuple[int, int, int]:
     ts, seq = bucket.newest
-    return (-ts, -seq, bucket.category)
+    return (-ts, -seq, bucket.category if order is None else order(bucket.category))
 
 
 def bucket_categories(item: int, categories_of: CategoriesOf) -> Sequence[int]:
@@ -93,14 +99,17 @@ def bucketize(
 class UserState:
     """Incremental form: a user's recent window and every bucket they have touched.
 
-    All touched buckets are kept, not only the top V: an out-of-order event can make any bucket
-    active again, and it must then hold exactly what the batch form would. The number of buckets
-    is therefore bounded by the number of categories in the catalogue (plus ``UNCATEGORIZED``),
-    each holding at most G items.
+    By default every touched bucket is kept, not only the top V: an out-of-order event can make any
+    bucket active again, and it must then hold exactly what the batch form would. ``max_buckets``
+    bounds the memory instead: past it, the least recently active bucket is dropped, so a category
+    that comes back after ``max_buckets`` others restarts empty (a bounded store; the difference
+    from the batch form is measured in docs/STORE.md).
     """
 
     recent_len: int
     bucket_size: int
+    max_buckets: int | None = None
+    order: CategoryOrder | None = None  # tie-break between buckets (default: the category id)
     recent: list[Event] = field(default_factory=list)  # oldest first, at most recent_len
     # category -> [(key, item)] oldest first, at most bucket_size
     buckets: dict[int, list[tuple[tuple[int, int], int]]] = field(default_factory=dict)
@@ -130,14 +139,22 @@ class UserState:
             if len(bucket) > self.bucket_size:
                 bucket.pop(0)
             touched.add(cat)
+        if self.max_buckets is not None and len(self.buckets) > self.max_buckets:
+            for dropped in self.ranked()[self.max_buckets :]:
+                del self.buckets[dropped.category]
+                touched.discard(dropped.category)
         return touched
 
-    def top(self, num_buckets: int) -> list[Bucket]:
-        """The history buckets, exactly as ``bucketize`` gives them for the same events."""
+    def ranked(self) -> list[Bucket]:
+        """Every bucket, most recently active first."""
         buckets = [
             Bucket(cat, tuple(i for _, i in reversed(b)), tuple(k for k, _ in reversed(b)))
             for cat, b in self.buckets.items()
             if b
         ]
-        buckets.sort(key=_rank)
-        return buckets[:num_buckets]
+        buckets.sort(key=lambda b: _rank(b, self.order))
+        return buckets
+
+    def top(self, num_buckets: int) -> list[Bucket]:
+        """The history buckets, exactly as ``bucketize`` gives them for the same events."""
+        return self.ranked()[:num_buckets]

@@ -11,32 +11,26 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-FORMAT_VERSION = 1
-"""Bumped whenever a reader of the previous version could misread a bundle."""
+FORMAT_VERSION = 2
+"""Bumped whenever a reader of the previous version could misread a bundle. 2: the ranking graph
+is split into encoder + scorer (the store caches the encoder's output); item titles."""
 
 MANIFEST = "manifest.json"
-RANKING_GRAPH = "model.onnx"
+ENCODER_GRAPH = "encoder.onnx"  # a user's inputs -> the unit-norm query vector
+SCORER_GRAPH = "scorer.onnx"  # query vectors + exclusions + k -> top-k (exact, every item scored)
 HISTORY_GRAPH = "history.onnx"
 FOLD_GRAPH = "fold.onnx"  # memory compressor: (memory, one segment) -> next memory
 MEMORY_INIT = "memory_init.npy"  # memory compressor: M_0, (C, D) float32
 CATALOG = "catalog.json"
+INDEX_FILE = "items.faiss"  # optional: approximate item index for large catalogues (export.index)
 OPSET = 17
 SUPPORTED_OPSETS = range(17, 22)
 
 # Graph input/output names: the engine binds by name.
-RANK_INPUTS = (
-    "user_hash",
-    "hist_tokens",
-    "hist_mask",
-    "hist_ts",
-    "items",
-    "actions",
-    "ts",
-    "mask",
-    "exclude",
-    "k",
-)
-RANK_OUTPUTS = ("scores", "ids")
+ENCODER_INPUTS = ("user_hash", "hist_tokens", "hist_mask", "hist_ts", "items", "actions", "ts", "mask")
+ENCODER_OUTPUTS = ("query",)
+SCORER_INPUTS = ("query", "exclude", "k")
+SCORER_OUTPUTS = ("scores", "ids")
 HISTORY_INPUTS = ("bucket_items", "bucket_cats")
 HISTORY_OUTPUTS = ("tokens",)
 FOLD_INPUTS = ("memory", "seg_items", "seg_actions", "seg_ts", "seg_mask")
@@ -69,6 +63,10 @@ class Manifest(BaseModel):
     compressor: str = Field("cause", description="cause (bucket tokens) | memory (folded memory, Rec2PM)")
     segment_len: int = Field(0, description="S: history events folded at a time (memory compressor)")
     d_model: int
+    temperature: float = Field(description="scores are cosine similarities divided by this")
+    index: dict[str, int | str] | None = Field(
+        None, description="an approximate item index in the bundle (export.index), or none: exact scoring"
+    )
     opset: int
     num_items: int
     num_actions: int
@@ -86,3 +84,4 @@ class Catalog(BaseModel):
     item_categories: list[list[int]] = Field(description="per item: internal category ids (1..C)")
     categories: list[str]
     actions: list[str]
+    titles: list[str] = Field(default_factory=list, description="per item, where the dataset has them")

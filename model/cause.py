@@ -5,8 +5,9 @@ Input (section 3): [user] [V history tokens] [sep]? [item_1, action_1, ..., item
     item token     = E_item[i] + mean_c E_cat[c]                  (c over the item's categories)
     bucket token j = mean_{i in bucket j} (W_align x_i + b_align) + E_bucket[cat_j]     (eq. 4)
                      where x_i is the item token; empty buckets are masked out
-Heads: the state at action_t predicts item_{t+1} (InfoNCE over sampled negatives); the state at
-item_t predicts action_t (cross-entropy). Causality keeps both from seeing their own target.
+Heads: the state at action_t predicts item_{t+1} (softmax cross-entropy over every item, or
+InfoNCE over sampled negatives for large catalogues); the state at item_t predicts action_t
+(cross-entropy). Causality keeps both from seeing their own target.
 Other layouts say which state feeds which head (model.layouts).
 """
 
@@ -106,7 +107,11 @@ class CauseRecommender(nn.Module):
         """
         b = items.shape[0]
         dev = items.device
-        now = (ts * mask).amax(1, keepdim=True)  # (B, 1): the user token sits at the newest event
+        # The user token is stamped with the oldest event of the window, never a later one: through
+        # the time bias, a stamp from the newest event would tell every earlier position how far
+        # away the future is (and make a window's states differ from those of its prefixes).
+        oldest = mask.to(torch.int64).argmax(1, keepdim=True)  # left-padded: the first real event
+        now = ts.gather(1, oldest) * mask.any(1, keepdim=True)  # (B, 1); 0 without events
         parts = [self.user_emb(user_hash).unsqueeze(1) + self.type_emb.weight[USER]]
         valid = [torch.ones(b, 1, dtype=torch.bool, device=dev)]
         stamps = [now]
@@ -162,26 +167,45 @@ class CauseRecommender(nn.Module):
 
     # ---- training -------------------------------------------------------------------------------
     def forward(
-        self, batch: dict[str, torch.Tensor], num_negatives: int
+        self, batch: dict[str, torch.Tensor], num_negatives: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training step's losses: DistributedDataParallel hooks into forward()."""
         return self.losses(batch, num_negatives)
 
     def losses(
-        self, batch: dict[str, torch.Tensor], num_negatives: int
+        self, batch: dict[str, torch.Tensor], num_negatives: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(next-item InfoNCE, action cross-entropy, memory consistency), each averaged over its
-        valid positions; the last is 0 unless the memory compressor trains by teacher forcing."""
+        """(next-item loss, action loss, memory consistency). The first two are **sums** over their
+        targets, so the trainer weights every target alike whatever batch it falls in; the third is a
+        mean, and 0 unless the memory compressor trains by teacher forcing.
+
+        ``num_negatives`` None: full softmax over every item (cheap for catalogues of thousands);
+        K: InfoNCE against K uniform negatives shared by the batch (large catalogues).
+        A position trains the next-item head where ``target_next`` > 0."""
         inputs, consistency = history_inputs(self, batch, teacher_forcing=True)
         out, _ = self.encode(**inputs)
         next_query, action_in = self.layout.heads(
             self, out[:, self.recent_offset :], batch["actions"], batch["mask"]
         )
-
         target = batch["target_next"]
         has_next = target > 0
         h = F.normalize(next_query[has_next], dim=-1)  # (P, D)
         pos_ids = target[has_next]
+        if num_negatives is None:
+            logits = h @ self.scoring_table().T / self.cfg.temperature  # (P, num_items + 1)
+            logits[:, 0] = float("-inf")
+            item_loss = F.cross_entropy(logits, pos_ids, reduction="sum")
+        else:
+            item_loss = self._sampled_infonce(h, pos_ids, num_negatives)
+        real = batch["action_target"] if "action_target" in batch else batch["mask"]
+        action_loss = F.cross_entropy(
+            self.action_head(action_in[real]), batch["actions"][real], reduction="sum"
+        )
+        return item_loss, action_loss, consistency
+
+    def _sampled_infonce(self, h: torch.Tensor, pos_ids: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        """Summed InfoNCE of h (P, D) against its positive and K shared uniform negatives; a negative
+        that happens to be the positive is masked out."""
         negatives = torch.randint(1, self.cfg.num_items + 1, (num_negatives,), device=h.device)
         pos = F.normalize(self.item_tokens(pos_ids), dim=-1)
         neg = F.normalize(self.item_tokens(negatives), dim=-1)
@@ -191,11 +215,7 @@ class CauseRecommender(nn.Module):
             dim=1,
         )
         logits = logits.masked_fill(accidental, float("-inf"))
-        item_loss = F.cross_entropy(logits, torch.zeros_like(pos_ids))
-
-        real = batch["mask"]
-        action_loss = F.cross_entropy(self.action_head(action_in[real]), batch["actions"][real])
-        return item_loss, action_loss, consistency
+        return F.cross_entropy(logits, torch.zeros_like(pos_ids), reduction="sum")
 
 
 def model_inputs(model: CauseRecommender, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:

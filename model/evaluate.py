@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from model.cause import CauseRecommender, model_inputs
+from model.config import ModelConfig
 from model.data import Split
 from model.samples import SampleBuilder
 
@@ -26,6 +27,17 @@ def to_tensors(batch: dict[str, np.ndarray], device: str | torch.device) -> dict
 def eval_batch_size(seq_len: int, heads: int, budget_bytes: float = 1.5e9) -> int:
     """Users per forward pass so that one (B, H, T, T) attention tensor fits the budget."""
     return int(max(8, min(128, budget_bytes // (heads * seq_len * seq_len * 4))))
+
+
+def ranking_metrics(rank: np.ndarray) -> dict[str, float | int | str]:
+    """NDCG@k, MRR and HR@10 from the 1-based rank of each user's held-out item."""
+    out: dict[str, float | int | str] = {
+        f"ndcg@{k}": float(np.mean(np.where(rank <= k, 1 / np.log2(rank + 1), 0))) for k in KS
+    }
+    out["mrr"] = float(np.mean(1 / rank))
+    out["hr@10"] = float(np.mean(rank <= 10))
+    out["users"] = len(rank)
+    return out
 
 
 @torch.no_grad()
@@ -61,15 +73,19 @@ def evaluate(
         target = torch.from_numpy(targets[lo : lo + batch_size]).to(device)
         t_score = scores.gather(1, target[:, None])
         ranks.append(((scores > t_score).sum(1) + 1).cpu().numpy())
-    rank = np.concatenate(ranks).astype(np.float64)
-    out: dict[str, float | int | str] = {
-        f"ndcg@{k}": float(np.mean(np.where(rank <= k, 1 / np.log2(rank + 1), 0))) for k in KS
-    }
-    out["mrr"] = float(np.mean(1 / rank))
-    out["hr@10"] = float(np.mean(rank <= 10))
-    out["users"] = len(rank)
+    out = ranking_metrics(np.concatenate(ranks).astype(np.float64))
     out["split"] = split.name
     out["masked_seen"] = int(mask_seen)
     # Forward pass only (inputs already built), scaled to a batch of 128 users.
     out["ms_per_batch_128"] = 1000 * forward_s / max(forward_users, 1) * 128
     return out
+
+
+def with_window(model: CauseRecommender, recent_len: int) -> CauseRecommender:
+    """The same weights reading a window of ``recent_len`` events: every parameter is independent of
+    L (positions and time gaps are relative), so a model can be evaluated at the length it will be
+    served with, and the events beyond the window go to its history as the rule says."""
+    cfg = ModelConfig(**{**model.cfg.to_dict(), "recent_len": recent_len})
+    clone = CauseRecommender(cfg, model.item_cats)
+    clone.load_state_dict(model.state_dict())
+    return clone.to(model.item_cats.device).eval()

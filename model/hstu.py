@@ -2,16 +2,21 @@
 
 Per layer (eq. 1-3):
     U, V, Q, K = Split(SiLU(f1(LayerNorm(X))))
-    A(X) V(X)  = (SiLU(Q K^T + rab) / n) V        pointwise, not softmax; n = valid tokens
+    A(X) V(X)  = (SiLU(Q K^T + rab) / n_i) V      pointwise, not softmax; n_i = keys query i sees
     Y(X)       = X + f2(Dropout(U * LayerNorm(A(X) V(X))))
 rab = learned relative-position bias + learned bias over log-bucketed time gaps.
 With the attn-mvp layout each layer also mixes action values in (model/layouts.py):
     A(X) V(X) + (A(X) * [m < n]) W_a^l a        a_m = the action of token m (0 for other tokens)
 the strictly-earlier mask keeps position n from seeing its own action.
 
-Padding invariance matters for serving: positions come from the count of *valid* tokens, masked
-keys contribute exactly zero and the normalisation uses the valid count, so padding the input to a
-fixed shape never changes a score.
+Two invariances make training match serving:
+- padding: positions come from the count of *valid* tokens and masked keys contribute exactly zero,
+  so padding the input to a fixed shape never changes a score;
+- prefixes: every quantity query i uses (its keys, its normaliser n_i = the number of valid keys at
+  or before i, relative positions and time gaps) depends only on tokens up to i, so the state at
+  event k of a training window equals the state serving computes from the window cut at k. (The
+  paper's n is the sequence length; a per-sequence count would make a position's state depend on
+  how many events follow it.)
 """
 
 from __future__ import annotations
@@ -41,6 +46,30 @@ def relative_indices(
     return rel, log_time_bucket(ts[:, :, None] - ts[:, None, :], num_time_buckets)
 
 
+class _TableLookup(torch.autograd.Function):
+    """table[idx] whose backward accumulates with one bincount. Embedding's backward sorts its
+    B x T x T indices first: ~10x slower on CPU for tables of a few hundred scalars, and the largest
+    single cost of a training step."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.size = table.numel()
+        return table[idx]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        flat = torch.bincount(idx.reshape(-1), weights=grad.reshape(-1).double(), minlength=ctx.size)
+        return flat.to(grad.dtype), None
+
+
+def lookup(table: torch.Tensor, idx: torch.Tensor, training: bool) -> torch.Tensor:
+    """(N,) table, (...) int64 indices -> (...); the fast backward in training, a plain gather
+    (what ONNX export traces) otherwise."""
+    return _TableLookup.apply(table, idx) if training else table[idx]
+
+
 class RelativeBias(nn.Module):
     """rab(i, j) = w_pos[pos_i - pos_j] + w_time[bucket(ts_i - ts_j)], shared across heads."""
 
@@ -48,12 +77,14 @@ class RelativeBias(nn.Module):
         super().__init__()
         self.pos = nn.Embedding(cfg.max_rel_pos, 1)
         self.time = nn.Embedding(cfg.num_time_buckets, 1)
-        nn.init.zeros_(self.pos.weight)
-        nn.init.zeros_(self.time.weight)
+        # As the reference HSTU: zero tables get almost no gradient through SiLU near 0 and stay flat.
+        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.normal_(self.time.weight, std=0.02)
 
     def forward(self, rel_pos: torch.Tensor, time_bucket: torch.Tensor) -> torch.Tensor:
         """(B, T, T) int64 indices -> (B, 1, T, T) float."""
-        return (self.pos(rel_pos) + self.time(time_bucket)).squeeze(-1).unsqueeze(1)
+        pos = lookup(self.pos.weight.view(-1), rel_pos, self.training)
+        return (pos + lookup(self.time.weight.view(-1), time_bucket, self.training)).unsqueeze(1)
 
 
 class HSTULayer(nn.Module):
@@ -78,7 +109,7 @@ class HSTULayer(nn.Module):
         time_bucket: torch.Tensor,
         actions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D); scaled_mask (B, 1, T, T): the causal-and-valid mask / number of valid tokens;
+        """x (B, T, D); scaled_mask (B, 1, T, T): the causal-and-valid mask / each query's key count;
         actions (B, T, D): action embeddings mixed into the values (attn-mvp), 0 where none."""
         b, t, d = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)  # each (B, T, D)
@@ -95,7 +126,7 @@ class HSTULayer(nn.Module):
 
 
 class SoftmaxLayer(nn.Module):
-    """A plain pre-norm softmax transformer block, for comparison with HSTU."""
+    """A plain pre-norm softmax transformer block (SASRec's), for comparison with HSTU."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -140,6 +171,12 @@ class Backbone(nn.Module):
             for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model)
+        # Learned absolute positions, counted from the oldest token (prefix-consistent): SASRec's only
+        # notion of order; optional for HSTU, which has the relative bias (the reference adds both).
+        absolute = cfg.backbone == "transformer" or cfg.positions
+        self.position = nn.Embedding(cfg.max_rel_pos, cfg.d_model) if absolute else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(
         self, x: torch.Tensor, valid: torch.Tensor, ts: torch.Tensor, actions: torch.Tensor | None = None
@@ -150,8 +187,10 @@ class Backbone(nn.Module):
         mask2d = causal[None] & valid[:, None, :] & valid[:, :, None]
         attn_mask = mask2d.unsqueeze(1).to(x.dtype)  # (B, 1, T, T)
         positions = valid.to(torch.int64).cumsum(1)  # valid-token positions: padding-invariant
-        n_valid = valid.sum(1).clamp(min=1).to(x.dtype)
-        scaled_mask = attn_mask / n_valid.view(-1, 1, 1, 1)
+        if self.position is not None:
+            x = x + self.position(positions.clamp(max=self.max_rel_pos - 1))
+        seen = attn_mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1, T, 1): keys each query sees
+        scaled_mask = attn_mask / seen
         rel_pos, time_bucket = relative_indices(positions, ts, self.max_rel_pos, self.num_time_buckets)
         for layer in self.layers:
             x = layer(x, attn_mask, scaled_mask, rel_pos, time_bucket, actions)

@@ -13,6 +13,8 @@ late-fusion (AttnLFA): only item tokens go through the backbone (L tokens). Afte
     attention with item states as queries and keys and action embeddings as values, over m < n
     only (position n never sees action_n), gives each position a pooled action vector; the heads
     read Linear([item state, pooled action]).
+items (SASRec): only item tokens, L of them, and no action anywhere in the input; the state at t
+    predicts item_{t+1} (and, if the action loss is on, action_t, which it has not seen).
 attn-mvp (AttnMVP, same paper): only item tokens, L of them; inside every backbone layer the
     values of strictly earlier events carry their action too (model.hstu.HSTULayer), so actions
     shape every layer instead of being pooled once at the end. The state at t predicts action_t;
@@ -107,6 +109,14 @@ class LateFusion(Layout):
         return fused, fused
 
 
+class ItemsOnly(Layout):
+    def tokens(self, model, items, actions, ts, mask):  # type: ignore[no-untyped-def]
+        return model.item_tokens(items) + model.type_emb.weight[ITEM], mask, ts
+
+    def heads(self, model, out, actions, mask):  # type: ignore[no-untyped-def]
+        return out, out
+
+
 class AttnMVP(Stacked):
     """Stacked's next-item query, without actions in the tokens: they enter the layers' values."""
 
@@ -124,4 +134,6 @@ def make_layout(cfg: ModelConfig) -> Layout:
         return Stacked(cfg)
     if cfg.token_layout == "late-fusion":
         return LateFusion(cfg)
+    if cfg.token_layout == "items":
+        return ItemsOnly()
     return Interleaved()

@@ -1,7 +1,8 @@
 """Turn (user, cut point) pairs into padded model inputs, applying the shared bucketing rule.
 
 A sample ``(row, end)`` means: the input is the user's events before absolute index ``end``; in
-training the target of the last position is the event at ``end``.
+training the target of the last position is the event at ``end``. ``tile`` cuts a user's training
+events into such windows so that every event is a target exactly once.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.bucketing import Bucket, Event, bucketize, split_recent
+from model.bucketing import Bucket, Event, UserState, bucketize, split_recent
 from model.config import ModelConfig
 from model.data import Dataset
 from model.segments import SEGMENT_KEYS, cut_segments, segment_arrays
@@ -68,7 +69,7 @@ def stack(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-RECENT_KEYS = ("items", "actions", "ts", "mask", "target_next")  # (B, L) left-padded arrays
+RECENT_KEYS = ("items", "actions", "ts", "mask", "target_next", "action_target")  # (B, L), left-padded
 
 
 @dataclass
@@ -85,11 +86,39 @@ class SampleBuilder:
             ],
             np.int64,
         )
+        self._buckets: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def prepare(self, rows: np.ndarray, ends: np.ndarray) -> None:
+        """Compute the bucket arrays of many samples at once (CAUSE mode), replacing the previous
+        ones: one pass over each user's events with the incremental form of the rule, instead of
+        bucketing each sample's whole history again (3 s of a 10 s epoch on ML-100K)."""
+        self._buckets = {}
+        if self.cfg.mode != "cause" or self.cfg.uses_memory:
+            return
+        wanted: dict[int, set[int]] = {}
+        for row, end in zip(rows.tolist(), ends.tolist(), strict=True):
+            wanted.setdefault(row, set()).add(end)
+        for row, user_ends in wanted.items():
+            events, start = self._events[row], int(self.dataset.user_offsets[row])
+            state = UserState(self.cfg.recent_len, self.cfg.bucket_size)
+            added = 0
+            for end in sorted(user_ends):
+                history_len = max(0, end - start - self.cfg.recent_len)
+                for event in events[added:history_len]:  # in key order: straight into the history
+                    state.add_to_history(event, self.dataset.categories_of)
+                added = max(added, history_len)
+                top = state.top(self.cfg.num_buckets)
+                self._buckets[(row, end)] = pad_buckets(top, self.cfg.num_buckets, self.cfg.bucket_size)
 
     def events_before(self, row: int, end: int) -> list[Event]:
         return self._events[row][: end - int(self.dataset.user_offsets[row])]
 
-    def sample(self, row: int, end: int, with_targets: bool) -> dict[str, np.ndarray]:
+    def sample(
+        self, row: int, end: int, with_targets: bool, target_from: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """With targets, the event at absolute index i (i >= ``target_from``, default: every event of
+        the window) trains both heads: ``action_target`` marks it for the action head and
+        ``target_next`` holds event i + 1 for the next-item head (0 = no target)."""
         assert end > int(self.dataset.user_offsets[row]), "a sample needs at least one input event"
         history, recent = split_recent(self.events_before(row, end), self.cfg.recent_len)
         out = pad_recent(recent, self.cfg.recent_len)
@@ -97,23 +126,38 @@ class SampleBuilder:
         if self.cfg.uses_memory:
             out.update(pad_segments(history, self.cfg.segment_len))
         elif self.cfg.mode == "cause":
-            buckets = bucketize(
-                history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size
-            )
-            out.update(pad_buckets(buckets, self.cfg.num_buckets, self.cfg.bucket_size))
+            prepared = self._buckets.get((row, end))
+            if prepared is None:
+                buckets = bucketize(
+                    history, self.dataset.categories_of, self.cfg.num_buckets, self.cfg.bucket_size
+                )
+                prepared = pad_buckets(buckets, self.cfg.num_buckets, self.cfg.bucket_size)
+            out.update(prepared)
         if with_targets:
-            nxt = [e.item for e in recent[1:]] + [int(self.dataset.item[end])]
+            n = len(recent)
+            first = end - n if target_from is None else max(target_from, end - n)
+            trained = np.zeros(self.cfg.recent_len, bool)
+            trained[self.cfg.recent_len - (end - first) :] = True
             target = np.zeros(self.cfg.recent_len, np.int64)
-            target[-len(nxt) :] = nxt
-            out["target_next"] = target
+            target[-n:] = self.dataset.item[end - n + 1 : end + 1]
+            out["target_next"] = np.where(trained, target, 0)
+            out["action_target"] = trained & out["mask"]
         return out
 
     def batch(
-        self, rows: np.ndarray, ends: np.ndarray, with_targets: bool, trim: bool = False
+        self,
+        rows: np.ndarray,
+        ends: np.ndarray,
+        with_targets: bool,
+        trim: bool = False,
+        target_from: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Stacked samples. ``trim`` drops the columns of left padding that every sample has: the
         backbone is padding-invariant, so only the cost changes (a batch of short windows stays short)."""
-        samples = [self.sample(int(r), int(e), with_targets) for r, e in zip(rows, ends, strict=True)]
+        starts = [None] * len(rows) if target_from is None else [int(t) for t in target_from]
+        samples = [
+            self.sample(int(r), int(e), with_targets, t) for r, e, t in zip(rows, ends, starts, strict=True)
+        ]
         out = stack(samples)
         if trim:
             keep = max(int(out["mask"].sum(1).max()), 1)

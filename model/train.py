@@ -1,4 +1,5 @@
-"""Training: sampled windows per user, InfoNCE + action CE, early stopping on validation NDCG@10.
+"""Training: windows tiling every user's events (model.batches), next-item softmax + action CE,
+AdamW with warm-up and cosine decay, early stopping on a smoothed validation NDCG@10.
 
 A run directory holds everything later steps need:
     model.pt      config + weights of the best epoch (by validation NDCG@10)
@@ -10,10 +11,12 @@ A run directory holds everything later steps need:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import distributed
+from model.batches import Windows, chunks, length_grouped, tile
 from model.cause import CauseRecommender
-from model.config import ModelConfig
+from model.config import ModelConfig, TrainConfig
 from model.data import Dataset
 from model.evaluate import evaluate, to_tensors
 from model.samples import SampleBuilder
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    num_negatives: int = 200  # K sampled negatives for InfoNCE (paper: 200)
-    item_loss_weight: float = 1.0
-    action_loss_weight: float = 1.0  # 0 = the "no action loss" ablation
-    samples_per_user: int = 4  # windows per user per epoch: the full one + random earlier cuts
-    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
-    seed: int = 0
-    device: str = "cpu"
-    max_eval_users: int | None = None  # validation subset per epoch (None = all)
-    data: dict[str, Any] = field(default_factory=dict)  # how to reload the dataset
 
 
 def seed_everything(seed: int) -> None:
@@ -73,47 +60,43 @@ def build_model(dataset: Dataset, **overrides: Any) -> CauseRecommender:
     return CauseRecommender(cfg, table)
 
 
-def epoch_samples(dataset: Dataset, per_user: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, ends): each user's full training window plus random earlier cuts, shuffled."""
-    rows, ends = [], []
-    for row in range(dataset.num_users):
-        start, last = int(dataset.user_offsets[row]), dataset.train_end(row) - 1
-        if last <= start:
-            continue
-        cuts = [last] + list(rng.integers(start + 1, last + 1, per_user - 1))
-        rows += [row] * len(cuts)
-        ends += cuts
-    order = rng.permutation(len(rows))
-    return np.asarray(rows)[order], np.asarray(ends)[order]
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from lr to min_lr_ratio * lr at ``total``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def length_grouped(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 32
-) -> list[np.ndarray]:
-    """Batches of sample indices with similar window lengths, in random order: samples are sorted
-    by length within pools of ``pool`` batches (the order inside a pool stays random), so trimmed
-    batches of short windows cost little and every epoch still mixes users."""
-    batches = []
-    size = batch_size * pool
-    for lo in range(0, len(lengths), size):
-        idx = np.arange(lo, min(lo + size, len(lengths)))
-        idx = idx[np.argsort(lengths[idx], kind="stable")]
-        batches += [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+class Stopper:
+    """Keeps the best epoch by raw validation NDCG@10 and stops once the moving average of the last
+    ``smoothing`` epochs has not improved for ``patience`` epochs."""
 
+    def __init__(self, patience: int, smoothing: int) -> None:
+        self.patience, self.smoothing = patience, smoothing
+        self.curve: list[float] = []
+        self.best_smooth, self.stale = -1.0, 0
 
-def train_batch_size(cfg: ModelConfig, requested: int, budget_bytes: float = 2.5e9) -> int:
-    """Cap the batch so the saved attention activations of all layers fit the memory budget."""
-    per_user = 6 * cfg.num_layers * cfg.num_heads * cfg.seq_len**2 * 4
-    return int(max(4, min(requested, budget_bytes // per_user)))
+    def update(self, value: float) -> bool:
+        """Record one epoch's value; True when training should stop."""
+        self.curve.append(value)
+        smooth = float(np.mean(self.curve[-self.smoothing :]))
+        if smooth > self.best_smooth:
+            self.best_smooth, self.stale = smooth, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
 
 
 def save_catalog(dataset: Dataset, run_dir: Path) -> None:
+    titles = dataset.extras.get("titles", {})
+    assert isinstance(titles, dict)
     catalog = {
         "items": dataset.items.to_list(),
         "item_categories": [list(c) for c in dataset.item_categories[1:]],
         "categories": dataset.categories.to_list(),
         "actions": dataset.actions.to_list(),
+        "titles": [titles.get(i, "") for i in dataset.items.to_list()] if titles else [],
     }
     (run_dir / "catalog.json").write_text(json.dumps(catalog))
 
@@ -128,6 +111,20 @@ def train(
         return _train(dataset, model_cfg, cfg, run_dir, progress and ctx.is_main, ctx)
     finally:
         distributed.shutdown(ctx)
+
+
+def _write_run(
+    run_dir: Path, dataset: Dataset, cfg: TrainConfig, model: CauseRecommender, world: int
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_catalog(dataset, run_dir)
+    record = {
+        "train": asdict(cfg),
+        "model": model.cfg.to_dict(),
+        "dataset": dataset.describe(),
+        "world_size": world,
+    }
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
 
 
 def _train(
@@ -146,62 +143,46 @@ def _train(
             model, find_unused_parameters=True
         )  # ablations leave some unused
     builder = SampleBuilder(dataset, model.cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
     rng = np.random.default_rng(cfg.seed)
-    batch_size = train_batch_size(model.cfg, cfg.batch_size)
     valid, test = dataset.split("valid"), dataset.split("test")
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"ndcg@10": -1.0}
-    stale = 0
+    stopper = Stopper(cfg.patience, cfg.smoothing)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_catalog(dataset, run_dir)
-        (run_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "train": asdict(cfg),
-                    "model": model.cfg.to_dict(),
-                    "dataset": dataset.describe(),
-                    "world_size": ctx.world,
-                },
-                indent=2,
-            )
-        )
+        _write_run(run_dir, dataset, cfg, model, ctx.world)
+    step, total_steps = 0, 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        rows, ends = epoch_samples(dataset, cfg.samples_per_user, rng)
+        windows = tile(dataset, model.cfg.recent_len, rng)
+        builder.prepare(windows.rows, windows.ends)
+        # A global batch smaller than the world would leave a rank idle: every rank skips it.
+        lengths = builder.cost_lengths(windows.rows, windows.ends)
+        groups = length_grouped(lengths, windows.targets, cfg.batch_targets, rng)
+        steps = [b for b in groups if len(b) >= ctx.world]
+        total_steps = total_steps or len(steps) * cfg.epochs  # the schedule's length, fixed at epoch 1
         started = time.perf_counter()
         totals = np.zeros(2)
-        # A global batch smaller than the world would leave a rank idle: every rank skips it.
-        steps = [
-            b
-            for b in length_grouped(builder.cost_lengths(rows, ends), batch_size, rng)
-            if len(b) >= ctx.world
-        ]
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for idx in bar:
-            mine = idx[ctx.rank :: ctx.world]
-            batch = to_tensors(builder.batch(rows[mine], ends[mine], True, trim=True), ctx.device)
-            local = [(batch["target_next"] > 0).sum(), batch["mask"].sum()]
-            n_items, n_actions = ctx.global_counts(*local)
-            item_loss, action_loss, consistency = step_model(batch, cfg.num_negatives)
-            # Each rank's mean weighted by its share of the global terms: DDP's average of these
-            # gradients is the gradient of the global-batch mean (exactly the single-process loss).
-            scale_i = float(local[0]) * ctx.world / max(n_items, 1.0)
-            scale_a = float(local[1]) * ctx.world / max(n_actions, 1.0)
-            loss = cfg.item_loss_weight * scale_i * item_loss + cfg.action_loss_weight * scale_a * action_loss
-            loss = loss + model.cfg.memory_weight * consistency
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, cfg)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses = _accumulate(step_model, model, builder, windows, idx, cfg, ctx)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            totals += [item_loss.item(), action_loss.item()]
-            bar.set_postfix(item=f"{item_loss.item():.3f}", action=f"{action_loss.item():.3f}")
+            step += 1
+            totals += losses
+            bar.set_postfix(item=f"{losses[0]:.3f}", action=f"{losses[1]:.3f}")
         epoch_s = time.perf_counter() - started
         # Every rank holds the same weights, so every rank reaches the same early-stopping decision.
         metrics = evaluate(model, builder, valid, max_users=cfg.max_eval_users, device=ctx.device)
         record = {
             "epoch": epoch,
+            "step": step,
+            "lr": lr_at(step - 1, total_steps, cfg),
             "item_loss": totals[0] / len(steps),
             "action_loss": totals[1] / len(steps),
             "train_s": epoch_s,
@@ -210,19 +191,17 @@ def _train(
         history.append(record)
         if progress:
             tqdm.write(
-                f"epoch {epoch}: item loss {record['item_loss']:.4f} action loss "
+                f"epoch {epoch} (step {step}): item loss {record['item_loss']:.4f} action loss "
                 f"{record['action_loss']:.4f} valid ndcg@10 {metrics['ndcg@10']:.4f} ({epoch_s:.1f}s)"
             )
         if float(metrics["ndcg@10"]) > best["ndcg@10"]:
-            best, stale = {**metrics, "epoch": epoch}, 0
+            best = {**metrics, "epoch": epoch, "step": step}
             if ctx.is_main:
                 torch.save(
                     {"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, run_dir / "model.pt"
                 )
-        else:
-            stale += 1
-            if stale >= cfg.patience:
-                break
+        if stopper.update(float(metrics["ndcg@10"])):
+            break
     ctx.barrier()
     if not ctx.is_main:
         return {}
@@ -232,6 +211,7 @@ def _train(
         "test": evaluate(model, builder, test, device=ctx.device),
         "train_s_per_epoch": float(np.mean([h["train_s"] for h in history])),
         "epochs_run": len(history),
+        "steps_run": step,
         "seq_len": model.cfg.seq_len,
         "world_size": ctx.world,
         "history": history,
@@ -239,6 +219,52 @@ def _train(
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     plot_curves(history, run_dir / "training.png")
     return result
+
+
+def _accumulate(
+    step_model: torch.nn.Module,
+    model: CauseRecommender,
+    builder: SampleBuilder,
+    windows: Windows,
+    idx: np.ndarray,
+    cfg: TrainConfig,
+    ctx: distributed.Context,
+) -> list[float]:
+    """Forward and backward one global batch (this rank's slice, in memory-sized chunks); returns
+    the per-target item and action losses of this rank's slice."""
+    mine = idx[ctx.rank :: ctx.world]
+    arrays = builder.batch(
+        windows.rows[mine], windows.ends[mine], True, trim=True, target_from=windows.target_from[mine]
+    )
+    tokens = model.cfg.seq_len - model.cfg.tokens_per_event * (model.cfg.recent_len - arrays["mask"].shape[1])
+    width = model.cfg.num_items + 1 if cfg.num_negatives is None else cfg.num_negatives + 1
+    parts = chunks(
+        len(mine),
+        tokens,
+        arrays["mask"].shape[1],
+        model.cfg.num_layers,
+        model.cfg.num_heads,
+        width,
+        cfg.memory_budget_bytes,
+    )
+    sums, counts = np.zeros(2), np.zeros(2)
+    for i, part in enumerate(parts):
+        batch = to_tensors({k: v[part] for k, v in arrays.items()}, ctx.device)
+        # Gradients of every chunk but the last accumulate locally; the last one's backward syncs.
+        deferred = ctx.active and i < len(parts) - 1
+        with step_model.no_sync() if deferred else contextlib.nullcontext():  # type: ignore[operator]
+            item_loss, action_loss, consistency = step_model(batch, cfg.num_negatives)
+            # Every target weighs the same: a sum over targets divided by a constant, not a mean per
+            # batch (a batch of short windows would then weigh its few targets more). DDP averages
+            # gradients over ranks; the world-size factor makes that the global batch's sum.
+            scale = ctx.world / cfg.batch_targets
+            loss = scale * (cfg.item_loss_weight * item_loss + cfg.action_loss_weight * action_loss)
+            share = (part.stop - part.start) / len(mine)  # consistency is a mean over the chunk
+            loss = loss + model.cfg.memory_weight * share * consistency
+            loss.backward()
+        sums += [item_loss.item(), action_loss.item()]
+        counts += [float((batch["target_next"] > 0).sum()), float(batch["action_target"].sum())]
+    return list(sums / np.maximum(counts, 1))
 
 
 def load_model(run_dir: Path, device: str = "cpu") -> CauseRecommender:
@@ -255,15 +281,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
+    steps = [h["step"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [h["item_loss"] for h in history], label="next-item InfoNCE")
-    ax1.plot(epochs, [h["action_loss"] for h in history], label="action CE")
-    ax1.set_xlabel("epoch")
-    ax1.set_title("training loss")
+    ax1.plot(steps, [h["item_loss"] for h in history], label="next-item loss")
+    ax1.plot(steps, [h["action_loss"] for h in history], label="action CE")
+    ax1.set_xlabel("optimiser step")
+    ax1.set_title("training loss per target")
     ax1.legend()
-    ax2.plot(epochs, [h["valid"]["ndcg@10"] for h in history], marker="o")
-    ax2.set_xlabel("epoch")
+    ax2.plot(steps, [h["valid"]["ndcg@10"] for h in history], marker=".")
+    ax2.set_xlabel("optimiser step")
     ax2.set_title("validation NDCG@10")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

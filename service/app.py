@@ -15,12 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import (
     BundleError,
     CauserecError,
+    EventsNotApplied,
     Forbidden,
     InvalidEvents,
     ModelNotReady,
@@ -28,6 +30,8 @@ from service.errors import (
     StoreConflict,
     StoreUnavailable,
     Unauthorized,
+    UnknownUser,
+    UserStateCorrupt,
 )
 from service.logs import configure_logging
 from service.metrics import Metrics
@@ -45,6 +49,8 @@ STATUS: dict[type[CauserecError], tuple[int, dict[str, str]]] = {
     Unauthorized: (401, {"WWW-Authenticate": "ApiKey"}),
     Forbidden: (403, {}),
     InvalidEvents: (422, {}),
+    UserStateCorrupt: (409, {}),
+    UnknownUser: (404, {}),
     BundleError: (422, {}),
     StoreUnavailable: (503, {"Retry-After": "1"}),
     StoreConflict: (503, {"Retry-After": "1"}),
@@ -62,16 +68,17 @@ def _redis_client(settings: Settings) -> Redis:
     )
 
 
-def _check_compatible(old: LoadedModel | None, new: LoadedModel) -> None:
-    if old is None:
-        return
-    a, b = old.bundle.manifest, new.bundle.manifest
-    if (a.recent_len, a.bucket_size) != (b.recent_len, b.bucket_size):
-        raise BundleError(
-            f"new bundle has L={b.recent_len}, G={b.bucket_size}; the stored user state has "
-            f"L={a.recent_len}, G={a.bucket_size}. Such a change needs a fresh store (new key_prefix) "
-            f"and a backfill"
-        )
+def make_store(redis: Redis, settings: Settings) -> Store:
+    return Store(
+        redis,
+        prefix=settings.key_prefix,
+        dedup_retention_s=settings.dedup_retention_s,
+        derived_ttl_s=settings.derived_ttl_s,
+        user_ttl_s=settings.user_ttl_s,
+        max_buckets=settings.max_categories,
+        max_history=settings.max_history,
+        timeout_s=settings.redis_timeout_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,19 +92,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.settings, state.metrics = settings, metrics
         state.model, state.model_error = None, None
         state.redis = _redis_client(settings)
-        state.store = Store(
-            state.redis,
-            prefix=settings.key_prefix,
-            dedup_retention_s=settings.dedup_retention_s,
-            per_user_transactions=settings.redis_cluster,
-        )
+        state.store = make_store(state.redis, settings)
+        metrics.watch_store(lambda: state.store.counters)
         reload_lock = asyncio.Lock()
 
         async def reload(path: str | None = None) -> LoadedModel:
             async with reload_lock:
                 bundle = Path(path) if path else settings.bundle
-                new = await asyncio.to_thread(load_model, bundle, settings.device, settings.intra_op_threads)
-                _check_compatible(state.model, new)
+                new = await load_model(
+                    bundle,
+                    state.redis,
+                    settings.key_prefix,
+                    settings.device,
+                    settings.intra_op_threads,
+                    retrieval=settings.retrieval,
+                    index_ef=settings.index_ef,
+                )
                 state.model, state.model_error = new, None  # atomic swap: batches hold their own reference
                 metrics.model_info.clear()
                 metrics.model_info.labels(new.version, new.engine.device).set(1)
@@ -105,11 +115,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return new
 
         async def initial_load() -> None:
-            try:
-                await reload()
-            except CauserecError as exc:
-                state.model_error = str(exc)
-                log.error("model not loaded: %s", exc)
+            delay = 0.5
+            while True:
+                try:
+                    await reload()
+                    return
+                except StoreUnavailable as exc:  # the catalogue's ids live in Redis: wait for it
+                    state.model_error = str(exc)
+                    log.warning("model not loaded yet, retrying in %.1fs: %s", delay, exc)
+                except CauserecError as exc:
+                    state.model_error = str(exc)
+                    log.error("model not loaded: %s", exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
         def on_sighup() -> None:
             async def run() -> None:
@@ -121,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.get_running_loop().create_task(run())
 
         state.reload = reload
-        recommender = Recommender(lambda: state.model, state.store, settings.redis_timeout_s, metrics)
+        recommender = Recommender(lambda: state.model, state.store, metrics)
         state.batcher = MicroBatcher(
             recommender,
             settings.max_batch_size,
@@ -151,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Generative recommendations (HSTU + CAUSE history compression) served from Redis state.",
     )
     app.include_router(router)
+    # The explorer page: static files, no build step; it talks to the API like any client.
+    app.mount("/ui", StaticFiles(directory=Path(__file__).with_name("ui"), html=True), name="ui")
     if settings.noop_route:
         app.add_api_route("/noop", noop, methods=["POST"], include_in_schema=False)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
@@ -163,6 +184,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: dict[str, object] = {"detail": str(exc), "request_id": request_id.get()}
         if isinstance(exc, InvalidEvents):
             body["detail"] = {"message": str(exc), "invalid": [i.model_dump() for i in exc.invalid]}
+        if isinstance(exc, EventsNotApplied):
+            status, headers = (503, {"Retry-After": "1"}) if exc.retryable else (409, {})
+            body["detail"] = {"message": str(exc), "users": [u.model_dump() for u in exc.results]}
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -170,7 +194,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         route = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.errors.labels(route, "validation").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return JSONResponse({"detail": detail, "request_id": request_id.get()}, status_code=422)
+        # A body that is not JSON at all is a malformed request (400), not invalid content (422).
+        status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
+        return JSONResponse({"detail": detail, "request_id": request_id.get()}, status_code=status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -3,7 +3,8 @@
 An asyncio queue, a deadline on the monotonic clock and one future per request. A batch closes when
 it has ``max_batch_size`` items or the oldest has waited ``max_wait_ms``. A bounded queue answers
 ``Overloaded`` (503) instead of queueing forever; a failing batch call fails every waiting request,
-and a call that returns the wrong number of results is treated as failing.
+a result that is an exception fails its own request only, and a call that returns the wrong number
+of results is treated as failing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ R = TypeVar("R")
 class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
-        handle: Callable[[list[T]], Awaitable[list[R]]],
+        handle: Callable[[list[T]], Awaitable[list[R | Exception]]],
         max_batch_size: int,
         max_wait_ms: float,
         max_queue: int,
@@ -96,5 +97,9 @@ class MicroBatcher(Generic[T, R]):
                         fut.set_exception(exc)
                 continue
             for (_, fut), result in zip(live, results, strict=True):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):  # this request alone failed
+                    fut.set_exception(result)
+                else:
                     fut.set_result(result)

@@ -11,12 +11,13 @@ from pydantic import ValidationError
 
 from model.bundle_format import (
     CATALOG,
+    ENCODER_GRAPH,
     FOLD_GRAPH,
     FORMAT_VERSION,
     HISTORY_GRAPH,
     MANIFEST,
     MEMORY_INIT,
-    RANKING_GRAPH,
+    SCORER_GRAPH,
     SUPPORTED_OPSETS,
     Catalog,
     Manifest,
@@ -58,11 +59,14 @@ class Bundle:
         """Indexed by internal item id; [0] is the padding item."""
         return [(), *(tuple(c) for c in self.catalog.item_categories)]
 
-    def categories_of(self, item: int) -> tuple[int, ...]:
-        return self.item_categories[item]
-
     def external_item(self, internal: int) -> str:
         return self.catalog.items[internal - 1]
+
+    def title(self, internal: int) -> str | None:
+        return self.catalog.titles[internal - 1] or None if self.catalog.titles else None
+
+    def category_names(self, internal: int) -> list[str]:
+        return [self.catalog.categories[c - 1] for c in self.catalog.item_categories[internal - 1]]
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -81,7 +85,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(
             f"{manifest_path}: bundle format {manifest.format_version}, this service reads "
-            f"format {FORMAT_VERSION}"
+            f"format {FORMAT_VERSION}: export the run again with this version (`causerec export`)"
         )
     if manifest.opset not in SUPPORTED_OPSETS:
         raise BundleError(
@@ -89,7 +93,7 @@ def load_bundle(path: str | Path) -> Bundle:
             f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})"
         )
     history_files = [FOLD_GRAPH, MEMORY_INIT] if manifest.compressor == "memory" else [HISTORY_GRAPH]
-    required = [RANKING_GRAPH, CATALOG] + (history_files if manifest.num_buckets > 0 else [])
+    required = [ENCODER_GRAPH, SCORER_GRAPH, CATALOG] + (history_files if manifest.num_buckets > 0 else [])
     for name in required:
         if name not in manifest.files:
             raise BundleError(f"{manifest_path}: does not list {name}")

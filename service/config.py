@@ -20,13 +20,37 @@ class Settings(BaseSettings):
         description="Redis URL (`causerec serve` without "
         "--redis-url starts an embedded server and sets this)",
     )
-    redis_cluster: bool = Field(False, description="use the Redis Cluster client (one transaction per user)")
+    redis_cluster: bool = Field(False, description="REDIS_URL names a node of a Redis Cluster")
     redis_timeout_s: float = Field(1.0, gt=0, le=30, description="bound on every Redis call; then 503")
     redis_max_connections: int = Field(64, ge=1, description="connection pool size per worker")
     key_prefix: str = Field("causerec", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Redis key namespace")
     dedup_retention_s: int = Field(86_400, ge=1, description="how long an event_id is remembered")
+    user_ttl_s: int = Field(
+        0, ge=0, description="a user idle this long is forgotten (state, history, tokens); 0: never"
+    )
+    derived_ttl_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="history tokens and query states of a model version expire after this long unused "
+        "(those of a retired version disappear by themselves)",
+    )
+    max_categories: int | None = Field(
+        16,
+        ge=1,
+        description="raw buckets kept per user, most recently active first (null: every category "
+        "the user touched; see docs/STORE.md for the effect)",
+    )
+    max_history: int | None = Field(
+        4096, ge=1, description="memory compressor: raw history events kept per user for refolds (null: all)"
+    )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="ONNX Runtime device")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per worker")
+    retrieval: Literal["auto", "exact", "index"] = Field(
+        "auto",
+        description="top-k by scoring every item (exact) or from the bundle's approximate item index; "
+        "auto: the index when the bundle has one and the engine runs on the CPU",
+    )
+    index_ef: int | None = Field(None, ge=1, description="index search breadth (default: the bundle's)")
     max_batch_size: int = Field(64, ge=1, le=1024, description="most /recommend requests per engine call")
     max_wait_ms: float = Field(2.0, ge=0, le=100, description="longest a request waits for its batch to fill")
     max_queue: int = Field(2048, ge=1, description="waiting /recommend requests before answering 503")

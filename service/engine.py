@@ -1,5 +1,6 @@
-"""ONNX Runtime inference for a bundle: the ranking graph and the store's history-token graph (bucket
-tokens) or fold graph (memory compressor). No torch.
+"""ONNX Runtime inference for a bundle: the encoder (a user's inputs -> query vector) and scorer
+(query vectors -> top-k) graphs, and the store's history-token graph (bucket tokens) or fold graph
+(memory compressor). No torch.
 
 CUDA is used when the CUDA execution provider is available *and* active after the session is
 created (ONNX Runtime silently falls back to the CPU when the CUDA libraries are missing), else CPU.
@@ -15,10 +16,20 @@ import numpy as np
 import onnxruntime as ort
 
 from model.bucketing import Event
-from model.bundle_format import FOLD_GRAPH, FOLD_OUTPUTS, HISTORY_GRAPH, MEMORY_INIT, RANKING_GRAPH
+from model.bundle_format import (
+    ENCODER_GRAPH,
+    ENCODER_OUTPUTS,
+    FOLD_GRAPH,
+    FOLD_OUTPUTS,
+    HISTORY_GRAPH,
+    INDEX_FILE,
+    MEMORY_INIT,
+    SCORER_GRAPH,
+)
 from model.segments import segment_arrays
 from service.bundle import Bundle
 from service.errors import BundleError
+from service.retrieval import ItemIndex
 
 log = logging.getLogger("causerec.engine")
 CUDA = "CUDAExecutionProvider"
@@ -46,7 +57,7 @@ def make_session(path: str, device: str, intra_op_threads: int) -> ort.Inference
 
 @dataclass
 class UserFeatures:
-    """Everything the ranking graph needs for one user (internal ids, numpy)."""
+    """Everything the encoder needs for one user (the bundle's internal ids, numpy)."""
 
     user_hash: int
     items: np.ndarray  # (n,) int64, oldest first, n <= L
@@ -55,7 +66,6 @@ class UserFeatures:
     hist_tokens: np.ndarray | None = None  # (V, D) float32
     hist_mask: np.ndarray | None = None  # (V,) bool
     hist_ts: np.ndarray | None = None  # (V,) int64
-    seen: np.ndarray | None = None  # item ids to exclude, or None
 
 
 @dataclass
@@ -66,11 +76,18 @@ class Ranked:
 
 class Engine:
     def __init__(
-        self, bundle: Bundle, device: str = "auto", intra_op_threads: int = 1, io_binding: bool | None = None
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        io_binding: bool | None = None,
+        retrieval: str = "auto",
+        index_ef: int | None = None,
     ) -> None:
         self.bundle = bundle
         m = bundle.manifest
-        self.ranker = make_session(str(bundle.path / RANKING_GRAPH), device, intra_op_threads)
+        self.encoder = make_session(str(bundle.path / ENCODER_GRAPH), device, intra_op_threads)
+        self.scorer = make_session(str(bundle.path / SCORER_GRAPH), device, intra_op_threads)
         self.history = self.folder = None
         self.initial_memory = np.zeros((0, m.d_model), np.float32)
         if bundle.uses_memory:
@@ -78,16 +95,42 @@ class Engine:
             self.initial_memory = self._load_initial_memory()
         elif bundle.has_history:
             self.history = make_session(str(bundle.path / HISTORY_GRAPH), device, intra_op_threads)
-        self.device = "cuda" if CUDA in self.ranker.get_providers() else "cpu"
+        self.device = "cuda" if CUDA in self.scorer.get_providers() else "cpu"
         # On CUDA, inputs are copied to the device once at bind time and only the k ids and scores
         # come back; the (batch, num_items) score matrix never leaves the GPU. Default: on for CUDA.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        self.input_names = {i.name for i in self.ranker.get_inputs()}
+        self.encoder_inputs = {i.name for i in self.encoder.get_inputs()}
+        self.index = self._load_index(retrieval, index_ef, intra_op_threads)
         self.length_buckets = m.length_buckets
         self.num_buckets, self.d_model = m.num_buckets, m.d_model
         log.info(
-            "bundle %s loaded on %s (providers %s)", bundle.version, self.device, self.ranker.get_providers()
+            "bundle %s loaded on %s (providers %s)", bundle.version, self.device, self.scorer.get_providers()
         )
+
+    def _load_index(self, retrieval: str, ef: int | None, threads: int) -> ItemIndex | None:
+        """The approximate item index: with retrieval "auto" on the CPU when the bundle has one,
+        always with "index"; exact scoring otherwise (small catalogues, the GPU)."""
+        m = self.bundle.manifest
+        wanted = retrieval == "index" or (retrieval == "auto" and self.device == "cpu")
+        if m.index is None or not wanted:
+            if retrieval == "index":
+                raise BundleError(
+                    f"retrieval=index, but bundle {m.version} has no item index (export --index)"
+                )
+            return None
+        try:
+            index = ItemIndex(
+                self.bundle.path / INDEX_FILE, m.temperature, ef or int(m.index["ef_search"]), threads
+            )
+        except ImportError:
+            if retrieval == "index":
+                raise BundleError("retrieval=index needs faiss-cpu (pip install 'causerec[index]')") from None
+            log.warning(
+                "bundle %s has an item index, but faiss is not installed: scoring every item", m.version
+            )
+            return None
+        log.info("retrieval: approximate item index (%s, ef %s)", m.index["kind"], index.ef_search)
+        return index
 
     # ---- history tokens (used by the store) ------------------------------------------------------
     def bucket_tokens(self, bucket_items: np.ndarray, bucket_cats: np.ndarray) -> np.ndarray:
@@ -128,11 +171,10 @@ class Engine:
     def padded_length(self, n: int) -> int:
         return next((b for b in self.length_buckets if b >= n), self.length_buckets[-1])
 
-    def batch_inputs(self, users: list[UserFeatures], k: int) -> dict[str, np.ndarray]:
+    def encoder_feeds(self, users: list[UserFeatures]) -> dict[str, np.ndarray]:
         b = len(users)
         length = self.padded_length(max(len(u.items) for u in users))
         v = max(self.num_buckets, 1)
-        excl = max([len(u.seen) for u in users if u.seen is not None] + [1])
         feeds: dict[str, Any] = {
             "user_hash": np.array([u.user_hash for u in users], np.int64),
             "hist_tokens": np.zeros((b, v, self.d_model), np.float32),
@@ -142,8 +184,6 @@ class Engine:
             "actions": np.zeros((b, length), np.int64),
             "ts": np.zeros((b, length), np.int64),
             "mask": np.zeros((b, length), bool),
-            "exclude": np.full((b, excl), -1, np.int64),
-            "k": np.array([k], np.int64),
         }
         for i, u in enumerate(users):
             n = min(len(u.items), length)
@@ -156,30 +196,51 @@ class Engine:
                 feeds["hist_tokens"][i] = u.hist_tokens
                 feeds["hist_mask"][i] = u.hist_mask
                 feeds["hist_ts"][i] = u.hist_ts
-            if u.seen is not None and len(u.seen):
-                feeds["exclude"][i, : len(u.seen)] = u.seen
-        return {name: value for name, value in feeds.items() if name in self.input_names}
+        return {name: value for name, value in feeds.items() if name in self.encoder_inputs}
 
-    def rank(self, users: list[UserFeatures], k: int) -> list[Ranked]:
-        """Top-k per user in one graph call; excluded items never appear."""
+    def encode(self, users: list[UserFeatures]) -> np.ndarray:
+        """(B, D) float32 unit-norm query vectors: the backbone, run once per change of a user."""
+        if not users:
+            return np.zeros((0, self.d_model), np.float32)
+        return np.asarray(self.encoder.run(list(ENCODER_OUTPUTS), self.encoder_feeds(users))[0], np.float32)
+
+    def score(self, queries: np.ndarray, seen: list[np.ndarray | None], k: int) -> list[Ranked]:
+        """Top-k per query vector in one call (the scorer graph, or the item index); excluded
+        (``seen``) items never appear."""
         k = min(k, self.bundle.manifest.num_items)
-        scores, ids = self._run_ranker(self.batch_inputs(users, k))
+        if self.index is not None:
+            return [Ranked(ids, scores) for ids, scores in self.index.top_k(queries, seen, k)]
+        width = max([len(s) for s in seen if s is not None] + [1])
+        exclude = np.full((len(seen), width), -1, np.int64)
+        for i, s in enumerate(seen):
+            if s is not None and len(s):
+                exclude[i, : len(s)] = s
+        feeds: dict[str, np.ndarray] = {
+            "query": np.ascontiguousarray(queries, np.float32),
+            "exclude": exclude,
+            "k": np.array([k], np.int64),
+        }
+        scores, ids = self._run_scorer(feeds)
         out = []
         for s, i in zip(scores, ids, strict=True):
             keep = np.isfinite(s)  # fewer than k candidates left after exclusions
             out.append(Ranked(i[keep].astype(np.int64), s[keep].astype(np.float32)))
         return out
 
-    def _run_ranker(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def rank(self, users: list[UserFeatures], seen: list[np.ndarray | None], k: int) -> list[Ranked]:
+        """encode + score: the whole model for users whose query is not cached."""
+        return self.score(self.encode(users), seen, k)
+
+    def _run_scorer(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if not self.io_binding:
-            scores, ids = self.ranker.run(["scores", "ids"], feeds)
+            scores, ids = self.scorer.run(["scores", "ids"], feeds)
             return scores, ids
-        binding = self.ranker.io_binding()
+        binding = self.scorer.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output("scores", "cpu")
         binding.bind_output("ids", "cpu")
-        self.ranker.run_with_iobinding(binding)
+        self.scorer.run_with_iobinding(binding)
         scores, ids = binding.copy_outputs_to_cpu()
         return scores, ids
 
@@ -189,7 +250,7 @@ class Engine:
             user = UserFeatures(
                 0, np.ones(length, np.int64), np.ones(length, np.int64), np.zeros(length, np.int64)
             )
-            self.rank([user], 10)
+            self.rank([user], [None], 10)
         if self.history is not None:
             self.bucket_tokens(
                 np.ones((1, self.bundle.manifest.bucket_size), np.int64), np.zeros(1, np.int64)

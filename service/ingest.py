@@ -1,8 +1,8 @@
-"""/events: validate a whole batch against the model's catalogue, then append it atomically per user.
+"""/events: validate a whole batch against the model's catalogue and map it to store ids.
 
 A batch with any invalid event is rejected whole (422 listing every bad index and why) and writes
-nothing: a client never has to work out which half of its batch landed. event_id makes the retry
-of a corrected batch safe.
+nothing. A valid batch is then applied atomically per user (service.store), not across users;
+event_id makes the retry of any failed or unanswered request safe.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import math
 from service.errors import InvalidEvents
 from service.runtime import LoadedModel
 from service.schemas import EventIn, InvalidEvent
-from service.store import NewEvent
+from service.store_codec import MAX_U32
+from service.user_state import NewEvent
 
 
 def validate_events(
@@ -36,10 +37,14 @@ def validate_events(
             reason = "timestamp must not be negative"
         elif ts > now + max_future_s:
             reason = f"timestamp is more than {max_future_s}s in the future"
+        elif ts > MAX_U32:
+            reason = f"timestamp must be below {MAX_U32 + 1} (2106-02-07)"
         if reason:
             invalid.append(InvalidEvent(index=index, reason=reason))
         else:
-            valid.append(NewEvent(e.user_id, item, action, int(ts), e.event_id))  # type: ignore[arg-type]
+            ids = model.view.ids
+            store_item, store_action = int(ids.items.to_store[item]), int(ids.actions.to_store[action])  # type: ignore[index]
+            valid.append(NewEvent(e.user_id, store_item, store_action, int(ts), e.event_id))
     if invalid:
         raise InvalidEvents(invalid)
     return valid

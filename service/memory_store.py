@@ -1,15 +1,16 @@
 """The store's side of the memory compressor (Rec2PM, model/memory.py): fold segments as they fill.
+Pure: service.store reads and writes, these functions decide and compute.
 
-Per user, next to the recent window (service.store), for a memory bundle:
-    hist   the whole raw history in key order: the truth a new model (or an out-of-order event)
-           refolds from; appended to, never rewritten, on the normal path
-    mem    M_k after the full segments (model.segments) + the open segment, stamped with the model
-           version and the history seq, like the tokens
-    tok    the C history tokens: fold(M_k, open segment), or M_k when no segment is open
-An eviction from the recent window appends its event to the open segment; each segment that fills
-is folded once into M_k (in the same optimistic transaction as the append, so concurrent events
-are kept: a conflicting write retries the whole step). The tokens are refolded on every history
-change, so each costs one full-segment fold per S events plus one open-segment fold.
+Per user, next to the state (whose recent window works as for buckets), for a memory bundle:
+    hist            the raw history in key order (store ids): the truth a new model, or an event
+                    older than the folded history, refolds from; appended to on the normal path,
+                    kept to the newest ``max_history`` events when bounded
+    mem:<version>   M_k after the full segments (model.segments) + the open segment, stamped with
+                    the history seq, like the tokens
+    tok:<version>   the C history tokens: fold(M_k, open segment), or M_k when no segment is open,
+                    plus the newest distinct history items for exclude_seen
+An event leaving the recent window joins the open segment; each segment that fills is folded once
+into M_k, inside the same compare-and-set append as the event, so concurrent events are kept.
 
 Folds of many users run as one ONNX call per round: round r folds every user's r-th new segment.
 """
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.bucketing import Event
 from model.segments import cut_segments, segment_arrays
 from service.store_codec import MemoryRecord, Tokens
+
+if TYPE_CHECKING:
+    from service.user_state import Appended, ModelView
 
 FoldFn = Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]
 
@@ -38,7 +43,7 @@ class MemoryView:
 
     segment_len: int  # S
     initial: np.ndarray  # (C, D) float32: M_0
-    fold: FoldFn  # memory (n, C, D), segment arrays (n, S) per SEGMENT_KEYS -> (n, C, D)
+    fold: FoldFn  # memory (n, C, D), segment arrays (n, S) per SEGMENT_KEYS (model ids) -> (n, C, D)
 
 
 @dataclass
@@ -60,25 +65,45 @@ def newest_distinct(new_events: list[Event], older: list[int]) -> list[int]:
     return list(seen)[:EXCLUDE_ITEMS]
 
 
+def needs_refold(memory: MemoryRecord | None, appended: Appended) -> bool:
+    """Whether the memory cannot be extended by this append: the history existed before it but its
+    folded record is missing or stale (None), or an event joined it older than the newest history
+    event (it belongs inside an already folded segment)."""
+    before = appended.state.history_len - len(appended.evicted)
+    if before == 0:
+        return False
+    return memory is None or any(e.key < memory.last_key for e in appended.evicted)
+
+
+def bounded(history: list[Event], segment_len: int, max_history: int | None) -> list[Event]:
+    """The newest ``max_history`` events (rounded to whole segments, so segment boundaries stay
+    where the memory's were): a refold then starts from there."""
+    if max_history is None or len(history) <= max_history:
+        return history
+    drop = len(history) - max_history
+    drop += -drop % segment_len
+    return history[drop:]
+
+
 def refold_job(view: MemoryView, history: list[Event], history_seq: int) -> FoldJob:
-    """Fold a whole history from M_0: a new model, or an event older than the folded history."""
+    """Fold a whole history from M_0."""
     segments, open_events = cut_segments(history, view.segment_len)
-    return FoldJob(
-        history_seq,
-        view.initial,
-        0,
-        segments,
-        open_events,
-        history[-1].key,
-        newest_distinct(history, []),
-    )
+    last = history[-1].key if history else (0, 0)
+    return FoldJob(history_seq, view.initial, 0, segments, open_events, last, newest_distinct(history, []))
 
 
 def extend_job(
-    view: MemoryView, old: MemoryRecord, exclude: list[int], new_events: list[Event], history_seq: int
+    view: MemoryView,
+    old: MemoryRecord | None,
+    old_tokens: Tokens | None,
+    new_events: list[Event],
+    history_seq: int,
 ) -> FoldJob:
-    """``new_events`` (at least one, key order) all newer than the folded history: only the open
-    segment and what follows it move."""
+    """``new_events`` (at least one, key order) all newer than the folded history (``old``, or M_0
+    for a user's first history events): only the open segment and what follows it move."""
+    if old is None:
+        old = MemoryRecord("", 0, 0, (0, 0), view.initial, [])
+    exclude = [] if old_tokens is None else [int(i) for i in old_tokens.exclude]
     segments, open_events = cut_segments(old.open_events + new_events, view.segment_len)
     return FoldJob(
         history_seq,
@@ -91,31 +116,41 @@ def extend_job(
     )
 
 
-def run_folds(view: MemoryView, version: str, jobs: list[FoldJob]) -> list[tuple[MemoryRecord, Tokens]]:
+def _model_segments(model: ModelView, segments: list[list[Event]], segment_len: int) -> dict[str, np.ndarray]:
+    """Segment arrays in the bundle's ids; items it does not know become padding ids."""
+    arrays = segment_arrays(segments, segment_len)
+    for key, numbering in (("seg_items", model.ids.items), ("seg_actions", model.ids.actions)):
+        flat = arrays[key].ravel()
+        mapped = np.where(flat > 0, np.maximum(numbering.internal(flat), 0), 0)
+        arrays[key] = mapped.reshape(arrays[key].shape)
+    return arrays
+
+
+def run_folds(model: ModelView, jobs: list[FoldJob]) -> list[tuple[MemoryRecord, Tokens]]:
     """Every job's new memory record and tokens, with one fold call per round for all jobs."""
     if not jobs:
         return []
+    view = model.memory
+    assert view is not None
     s = view.segment_len
     memory = np.stack([j.memory for j in jobs]).astype(np.float32)
     for r in range(max(len(j.segments) for j in jobs)):
         rows = [i for i, j in enumerate(jobs) if len(j.segments) > r]
-        arrays = segment_arrays([jobs[i].segments[r] for i in rows], s)
-        memory[rows] = view.fold(memory[rows], arrays)
+        memory[rows] = view.fold(memory[rows], _model_segments(model, [jobs[i].segments[r] for i in rows], s))
     tokens = memory.copy()
     rows = [i for i, j in enumerate(jobs) if j.open_events]
     if rows:
-        tokens[rows] = view.fold(memory[rows], segment_arrays([jobs[i].open_events for i in rows], s))
+        tokens[rows] = view.fold(memory[rows], _model_segments(model, [jobs[i].open_events for i in rows], s))
     out = []
     c = view.initial.shape[0]
-    width = -(-EXCLUDE_ITEMS // c)
     for i, j in enumerate(jobs):
-        items = np.zeros(c * width, np.int32)
-        items[: len(j.exclude)] = j.exclude
         record = MemoryRecord(
-            version, j.history_seq, j.folded + s * len(j.segments), j.last_key, memory[i], j.open_events
+            model.version, j.history_seq, j.folded + s * len(j.segments), j.last_key, memory[i], j.open_events
         )
-        # Every slot summarises the whole history: one category-less row each, stamped with its newest event.
+        # Every slot summarises the whole history: no category, stamped with its newest event.
         newest = np.tile(np.array(j.last_key, np.int64), (c, 1))
-        cats = np.zeros(c, np.int32)
-        out.append((record, Tokens(version, j.history_seq, cats, newest, items.reshape(c, width), tokens[i])))
+        exclude = np.array(j.exclude, np.uint32)
+        out.append(
+            (record, Tokens(model.version, j.history_seq, np.zeros(c, np.int64), newest, tokens[i], exclude))
+        )
     return out

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from service.store import Counters
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -45,8 +51,15 @@ class Metrics:
         )
         self.engine_seconds = Histogram(
             "causerec_engine_seconds",
-            "ONNX Runtime ranking call latency",
+            "ONNX Runtime call latency: encode (the backbone) or score (every item, top-k)",
+            ["graph"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_cache = Counter(
+            "causerec_query_cache_total",
+            "users whose cached query state was fresh (hit) or not",
+            ["outcome"],
             registry=r,
         )
         self.redis_seconds = Histogram(
@@ -58,3 +71,32 @@ class Metrics:
             "causerec_model_info", "the model being served", ["version", "device"], registry=r
         )
         self.queue_depth = Gauge("causerec_batch_queue_depth", "requests waiting for a batch", registry=r)
+
+    def watch_store(self, counters: Callable[[], Counters]) -> None:
+        """Expose the store's own counters at scrape time."""
+        self.registry.register(_StoreCollector(counters))
+
+
+class _StoreCollector(Collector):
+    def __init__(self, counters: Callable[[], Counters]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        c = self.counters()
+        yield CounterMetricFamily(
+            "causerec_store_conflicts", "appends retried after a concurrent write", c.conflicts
+        )
+        yield CounterMetricFamily(
+            "causerec_store_token_builds", "users whose history tokens a read had to build", c.token_builds
+        )
+        yield CounterMetricFamily(
+            "causerec_store_corrupt_states",
+            "user states that could not be read (the truth)",
+            c.corrupt_states,
+        )
+        repairs = CounterMetricFamily(
+            "causerec_store_repairs", "unreadable derived values rebuilt from the state", labels=["kind"]
+        )
+        for kind, n in c.repairs.items():
+            repairs.add_metric([kind], n)
+        yield repairs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import time
 import uuid
 
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+log = logging.getLogger("causerec.http")
 
 
 async def _reply(send: Send, status: int, detail: str, rid: str) -> None:
@@ -73,7 +75,10 @@ class RequestContext:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.request_seconds.labels(path, str(status)).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.request_seconds.labels(path, str(status)).observe(seconds)
+            # Method, route and status only: never headers (API keys) or bodies.
+            log.debug("%s %s -> %d in %.1f ms", scope["method"], path, status, 1000 * seconds)
 
     async def _read_bounded(self, receive: Receive) -> bytes | None:
         chunks, size = [], 0

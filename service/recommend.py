@@ -1,33 +1,47 @@
-"""/recommend as one batched step: one Redis round trip and one engine call for many users."""
+"""/recommend as one batched step: one Redis round trip for many users, the backbone only for users
+whose query state is not cached, one scoring call for all.
+
+A user's query state (the encoder's output) changes only when the user's events do, so it is kept
+in Redis per model version and reused until an event moves the user's sequence number: a read of a
+fresh user costs one GET round trip and the scorer, no backbone. Each request of a batch succeeds
+or fails on its own: a user whose stored state is unreadable gets an answer as a new user would,
+with a warning, and never fails the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.user_hash import user_hash_bucket
 from service.engine import UserFeatures
-from service.errors import ModelNotReady, StoreUnavailable
+from service.errors import ModelNotReady, StoreUnavailable, UserStateCorrupt
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
-from service.store import Snapshot, Store
+from service.store import Store, UserRead
+from service.store_codec import Query
+from service.user_state import seen_items
 
 
-def features(model: LoadedModel, snap: Snapshot, exclude_seen: bool) -> UserFeatures:
-    m = model.bundle.manifest
-    events = snap.recent.events if snap.recent else []
+def features(model: LoadedModel, read: UserRead) -> UserFeatures:
+    """The encoder's inputs for one user, in the bundle's ids."""
+    m, ids = model.bundle.manifest, model.view.ids
+    events = read.state.recent if read.state else []
+    items = ids.items.internal(np.array([e.item for e in events], np.int64))
+    known = items > 0  # events of items this bundle does not know are left out of its input
     user = UserFeatures(
-        user_hash_bucket(snap.user_id, m.user_hash_buckets),
-        np.array([e.item for e in events], np.int64),
-        np.array([e.action for e in events], np.int64),
-        np.array([e.ts for e in events], np.int64),
+        user_hash_bucket(read.user_id, m.user_hash_buckets),
+        items[known],
+        np.maximum(ids.actions.internal(np.array([e.action for e in events], np.int64)), 0)[known],
+        np.array([e.ts for e in events], np.int64)[known],
     )
-    tok = snap.tokens
+    tok = read.tokens
     if tok is not None and len(tok.categories) and m.num_buckets:
         n, v = len(tok.categories), m.num_buckets
         user.hist_tokens = np.zeros((v, m.d_model), np.float32)
@@ -35,10 +49,17 @@ def features(model: LoadedModel, snap: Snapshot, exclude_seen: bool) -> UserFeat
         user.hist_mask = np.arange(v) < n
         user.hist_ts = np.zeros(v, np.int64)
         user.hist_ts[:n] = tok.newest[:, 0]
-    if exclude_seen:
-        seen = [user.items] + ([tok.items[tok.items > 0].astype(np.int64)] if tok is not None else [])
-        user.seen = np.unique(np.concatenate(seen))
     return user
+
+
+def scored(model: LoadedModel, internal: int, score: float, include: Sequence[str]) -> ScoredItem:
+    b = model.bundle
+    return ScoredItem(
+        item_id=b.external_item(internal),
+        score=score,
+        title=b.title(internal) if "title" in include else None,
+        categories=b.category_names(internal) if "categories" in include else None,
+    )
 
 
 @dataclass
@@ -48,35 +69,73 @@ class Recommender:
 
     current_model: Callable[[], LoadedModel | None]
     store: Store
-    redis_timeout_s: float
     metrics: Metrics
 
-    async def __call__(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+    async def __call__(self, requests: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
         model = self.current_model()
         if model is None:
             raise ModelNotReady("no model loaded yet")
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.redis_timeout_s):
-                snaps = await self.store.read(model.view, [r.user_id for r in requests], now=time.time())
-        except TimeoutError:
-            raise StoreUnavailable(f"redis did not answer within {self.redis_timeout_s}s") from None
+        reads = await self.store.read(model.view, [r.user_id for r in requests])
         self.metrics.redis_seconds.labels("read").observe(time.perf_counter() - started)
-        users = [features(model, s, r.exclude_seen) for s, r in zip(snaps, requests, strict=True)]
-        started = time.perf_counter()
-        ranked = await asyncio.to_thread(model.engine.rank, users, max(r.k for r in requests))
-        self.metrics.engine_seconds.observe(time.perf_counter() - started)
-        bundle = model.bundle
-        return [
-            RecommendResponse(
-                user_id=r.user_id,
-                model_version=model.version,
-                items=[
-                    ScoredItem(item_id=bundle.external_item(int(i)), score=float(s))
-                    for i, s in zip(out.items[: r.k], out.scores[: r.k], strict=True)
-                ],
-                recent_events=len(u.items),
-                history_tokens=int(u.hist_mask.sum()) if u.hist_mask is not None else 0,
-            )
-            for r, u, out in zip(requests, users, ranked, strict=True)
+        warnings: list[list[str]] = [[] for _ in reads]
+        for i, r in enumerate(reads):
+            if isinstance(r.error, UserStateCorrupt):
+                warnings[i].append(f"{r.error}; recommended as for a new user")
+                self.metrics.errors.labels("/recommend", "UserStateCorrupt").inc()
+                r.error = None
+        queries = await self._queries(model, reads)
+        seen = [
+            model.view.ids.items.internal(seen_items(r.state, r.tokens, model.view))
+            if q.exclude_seen and r.state is not None
+            else None
+            for q, r in zip(requests, reads, strict=True)
         ]
+        started = time.perf_counter()
+        ranked = await asyncio.to_thread(model.engine.score, queries, seen, max(q.k for q in requests))
+        self.metrics.engine_seconds.labels("score").observe(time.perf_counter() - started)
+        out: list[RecommendResponse | Exception] = []
+        for q, r, found, notes in zip(requests, reads, ranked, warnings, strict=True):
+            if r.error is not None:
+                out.append(r.error)
+                continue
+            out.append(
+                RecommendResponse(
+                    user_id=q.user_id,
+                    model_version=model.version,
+                    items=[
+                        scored(model, int(i), float(s), q.include)
+                        for i, s in zip(found.items[: q.k], found.scores[: q.k], strict=True)
+                    ],
+                    recent_events=len(r.state.recent) if r.state else 0,
+                    history_tokens=len(r.tokens.categories) if r.tokens is not None else 0,
+                    warnings=notes,
+                )
+            )
+        return out
+
+    async def _queries(self, model: LoadedModel, reads: list[UserRead]) -> np.ndarray:
+        """Every user's query vector: cached ones as stored, the others encoded in one call and
+        cached for the next request."""
+        queries = np.zeros((len(reads), model.view.d_model), np.float32)
+        missing = []
+        for i, r in enumerate(reads):
+            if r.query is not None:
+                queries[i] = r.query.vector
+            else:
+                missing.append(i)
+        self.metrics.query_cache.labels("hit").inc(len(reads) - len(missing))
+        self.metrics.query_cache.labels("miss").inc(len(missing))
+        if not missing:
+            return queries
+        started = time.perf_counter()
+        users = [features(model, reads[i]) for i in missing]
+        encoded = await asyncio.to_thread(model.engine.encode, users)
+        self.metrics.engine_seconds.labels("encode").observe(time.perf_counter() - started)
+        queries[missing] = encoded
+        known = [i for i in missing if reads[i].state is not None]
+        if known:
+            cache = [Query(model.version, reads[i].state.next_seq, queries[i]) for i in known]  # type: ignore[union-attr]
+            with contextlib.suppress(StoreUnavailable):  # a cache write: the answer does not need it
+                await self.store.write_queries(model.view, [reads[i] for i in known], cache)
+        return queries

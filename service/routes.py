@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -11,19 +10,23 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import ModelDep, SettingsDep, StoreDep, require
-from service.errors import StoreUnavailable
+from service.errors import EventsNotApplied, StoreUnavailable, UnknownUser, UserStateCorrupt
 from service.ingest import validate_events
 from service.schemas import (
     EventsRequest,
     EventsResponse,
+    Id,
     Problem,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
+    UserResult,
+    UserState,
 )
+from service.users import describe
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 401, 403, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 401, 403, 409, 413, 422, 503)}
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=[require("read")])
@@ -36,20 +39,51 @@ async def recommend(body: RecommendRequest, request: Request, _model: ModelDep) 
 async def post_events(
     body: EventsRequest, request: Request, model: ModelDep, store: StoreDep, settings: SettingsDep
 ) -> EventsResponse:
-    """Append interactions. Acknowledged only once Redis has them; all-or-nothing per request."""
+    """Append interactions. Acknowledged only once Redis has them; atomic per user. If some users
+    fail, the others are still applied and the answer (503, or 409 for an unusable stored state)
+    lists each user's outcome: retry with the same event_ids."""
     now = time.time()
     events = validate_events(model, body.events, now, settings.max_future_s)
     started = time.perf_counter()
-    try:
-        async with asyncio.timeout(settings.redis_timeout_s):
-            result = await store.append(model.view, events, now=now)
-    except TimeoutError:
-        raise StoreUnavailable(f"redis did not answer within {settings.redis_timeout_s}s") from None
+    outcomes = await store.append(model.view, events, now=now)
     metrics = request.app.state.metrics
     metrics.redis_seconds.labels("append").observe(time.perf_counter() - started)
-    metrics.events.labels("accepted").inc(result.accepted)
-    metrics.events.labels("duplicate").inc(result.duplicates)
-    return EventsResponse(accepted=result.accepted, duplicates=result.duplicates)
+    users = [
+        UserResult(
+            user_id=o.user_id,
+            accepted=o.accepted,
+            duplicates=o.duplicates,
+            error=str(o.error) if o.error else None,
+        )
+        for o in outcomes
+    ]
+    accepted, duplicates = sum(u.accepted for u in users), sum(u.duplicates for u in users)
+    metrics.events.labels("accepted").inc(accepted)
+    metrics.events.labels("duplicate").inc(duplicates)
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        retryable = any(not isinstance(o.error, UserStateCorrupt) for o in failed)
+        raise EventsNotApplied(
+            f"events of {len(failed)} of {len(users)} user(s) were not applied; the others were",
+            users,
+            retryable,
+        )
+    return EventsResponse(accepted=accepted, duplicates=duplicates, users=users)
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserState,
+    responses={**ERRORS, 404: {"model": Problem}},
+    dependencies=[require("read")],
+)
+async def get_user(user_id: Id, model: ModelDep, store: StoreDep) -> UserState:
+    """A user's stored state as the served model sees it: recent events, history buckets (which
+    of them the history tokens cover), freshness of the derived state, and bytes stored."""
+    found = await store.inspect(model.view, user_id)
+    if found is None:
+        raise UnknownUser(f"no stored state for user {user_id!r}: post events for it first")
+    return await describe(model, store, user_id, found)
 
 
 @router.get("/healthz")
@@ -59,16 +93,15 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": Problem}})
-async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(request: Request, store: StoreDep) -> JSONResponse:
     """Ready: a warmed-up model is loaded and Redis answers."""
     state = request.app.state
     problems = []
     if state.model is None:
         problems.append(f"model not loaded: {state.model_error or 'loading'}")
     try:
-        async with asyncio.timeout(settings.redis_timeout_s):
-            await store.ping()
-    except (TimeoutError, StoreUnavailable):
+        await store.ping()
+    except StoreUnavailable:
         problems.append("redis unreachable")
     if problems:
         return JSONResponse({"detail": "; ".join(problems)}, status_code=503, headers={"Retry-After": "1"})
@@ -90,8 +123,12 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/model", responses={503: {"model": Problem}})
 async def model_info(model: ModelDep) -> dict[str, Any]:
-    """The manifest of the model being served."""
-    return {**model.bundle.manifest.model_dump(), "device": model.engine.device}
+    """The manifest of the model being served, its device and its actions."""
+    return {
+        **model.bundle.manifest.model_dump(),
+        "device": model.engine.device,
+        "actions": model.bundle.catalog.actions,
+    }
 
 
 @router.post("/admin/reload", responses=ERRORS, dependencies=[require("admin")])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -52,14 +52,56 @@ class Strict(BaseModel):
 class RecommendRequest(Strict):
     user_id: Id = Field(description="external user id (string or integer, at most 256 characters)")
     k: int = Field(20, ge=1, le=1000, description="number of items to return")
+    include: list[Literal["title", "categories"]] = Field(
+        default_factory=list, description="item metadata to add to each recommended item"
+    )
     exclude_seen: bool = Field(
-        True, description="leave out items in the user's stored recent window and buckets"
+        True,
+        description="leave out the items the model reads for this user: the recent window's, and those of "
+        "its history tokens (the G newest items of each of the V buckets; for the memory compressor the "
+        "256 newest distinct history items). Older history is not excluded.",
     )
 
 
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    title: str | None = Field(None, description="with include=['title'], where the catalogue has titles")
+    categories: list[str] | None = Field(None, description="with include=['categories']")
+
+
+class StoredEvent(BaseModel):
+    item_id: str
+    action: str
+    timestamp: int
+    title: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    known: bool = Field(
+        description="whether the served model knows this item (unknown ones are kept, not used)"
+    )
+
+
+class StoredBucket(BaseModel):
+    category: str
+    items: int = Field(description="items kept (at most G), newest first below")
+    newest_timestamp: int
+    in_history_tokens: bool = Field(description="one of the V buckets the model reads")
+    recent_items: list[StoredEvent] = Field(description="its items, newest first")
+
+
+class UserState(BaseModel):
+    """A user's stored state as the served model sees it."""
+
+    user_id: str
+    model_version: str
+    events: int = Field(description="events ever accepted for this user")
+    recent: list[StoredEvent] = Field(description="the recent window, oldest first")
+    buckets: list[StoredBucket] = Field(description="the raw history buckets, most recently active first")
+    history_events: int = Field(description="memory compressor: raw history events kept (0 for buckets)")
+    history_tokens: int = Field(description="history tokens the model reads")
+    history_tokens_fresh: bool = Field(description="stored tokens are current for the served model")
+    query_cached: bool = Field(description="the query state is cached for the current events")
+    stored_bytes: dict[str, int] = Field(description="Redis MEMORY USAGE per key of this user")
 
 
 class RecommendResponse(BaseModel):
@@ -68,6 +110,10 @@ class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     recent_events: int = Field(description="events in the user's recent window used as input")
     history_tokens: int = Field(description="compressed history tokens used as input")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="anything that degraded this answer (e.g. an unreadable stored state)",
+    )
 
 
 class EventIn(Strict):
@@ -81,7 +127,12 @@ class EventIn(Strict):
 
 
 class EventsRequest(Strict):
-    events: list[EventIn] = Field(min_length=1, max_length=1000)
+    events: list[EventIn] = Field(
+        min_length=1,
+        max_length=1000,
+        description="applied in order; atomic per user, not across users. Send event_id with every "
+        "event: then retrying a request after any 503 or timeout applies nothing twice",
+    )
 
 
 class InvalidEvent(BaseModel):
@@ -89,10 +140,21 @@ class InvalidEvent(BaseModel):
     reason: str
 
 
+class UserResult(BaseModel):
+    user_id: str
+    accepted: int = Field(description="events of this user applied now")
+    duplicates: int = Field(description="events of this user whose event_id was already applied")
+    error: str | None = Field(None, description="why this user's events were not applied (then none were)")
+
+
 class EventsResponse(BaseModel):
     accepted: int
     duplicates: int
     invalid: list[InvalidEvent] = Field(default_factory=list)
+    users: list[UserResult] = Field(
+        default_factory=list,
+        description="per user: each user's events are applied all or none; users are independent",
+    )
 
 
 class ReloadRequest(Strict):

@@ -1,132 +1,188 @@
-"""Redis user-state store: recent window + raw buckets (the truth) + precompressed history tokens.
+"""Redis I/O of the user-state store: what is read and written, in how many round trips, and what a
+concurrent writer or a broken value does. The rules live in service.user_state (pure, tested by
+properties); this module only reads, calls them off the event loop, and writes.
 
-A request never re-reads the long-term history: ``read`` fetches the recent window and the tokens
-(2 keys per user, one pipeline for the whole batch). ``append`` runs the shared bucketing rule
-incrementally and recomputes only the buckets an event lands in. For a memory-compressor bundle
-the raw history and the folded memory replace the buckets (service.memory_store); reads are the same.
+Read (a /recommend batch): one pipeline GETs every user's state, history tokens and query state
+for the served model version. Fresh derived state is used as is; stale or missing tokens are
+rebuilt from the state and written back (only if the state did not move meanwhile).
 
-Consistency: appends are optimistic transactions (WATCH the users' recent keys, read, compute,
-MULTI/EXEC; retry on conflict), so concurrent writers on one user never lose an event. The raw
-state is the truth; tokens are derived and stamped with (model version, history seq). A reader
-that sees tokens with another stamp (another model, or a torn read between two keys) rebuilds
-them from the raw buckets instead of serving them.
+Append (an /events batch): one pipeline reads the users' states, tokens and dedup scores; the new
+states and tokens are computed off the loop; one pipeline runs the append script once per user,
+which writes only if the user's state header (which holds its sequence number) is still the one
+read: a compare-and-set. Users whose state moved meanwhile are recomputed and retried; the others
+are done. So an append is two round trips for any number of users, atomic per user, and never
+holds a lock across processes or requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
-from model.bucketing import Bucket, CategoriesOf, Event, UserState, bucket_categories
-from service.errors import StoreConflict, StoreUnavailable
-from service.memory_store import FoldJob, MemoryView, extend_job, refold_job, run_folds
+from service import memory_store
+from service.errors import BundleError, StoreConflict, StoreUnavailable, UserStateCorrupt
 from service.store_codec import (
     SCHEMA,
+    CorruptValue,
     MemoryRecord,
-    Recent,
+    Query,
+    State,
     Tokens,
     UserKeys,
-    decode_bucket,
     decode_events,
     decode_memory,
-    decode_recent,
+    decode_query,
+    decode_state,
     decode_tokens,
-    encode_bucket,
     encode_events,
     encode_memory,
-    encode_recent,
+    encode_query,
+    encode_state,
     encode_tokens,
-    keys_from_recent,
+    keys_from_state,
+    meta_key,
+    state_head,
     user_keys,
 )
+from service.user_state import (
+    Appended,
+    LayoutMismatch,
+    ModelView,
+    NewEvent,
+    TokenJob,
+    apply_events,
+    build_tokens,
+    check_layout,
+    fresh,
+    token_job,
+)
 
-TokenFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+T = TypeVar("T")
 
+# Compare-and-set append, one user. KEYS: state, dedup, tok:<version>, hist, mem:<version>.
+# ARGV: expected state head ("" = no state yet), new state, new tokens ("" = keep), history op
+# ("" | "a"+bytes to append | "s"+bytes to replace), new memory ("" = keep), user TTL s (0 = none),
+# derived TTL s, now, dedup retention s, then (expiry, event id) pairs. Returns 1, or 0 on conflict.
+APPEND = """
+local cur = redis.call('GET', KEYS[1])
+local head = ''
+if cur then head = string.sub(cur, 1, string.len(ARGV[1])) end
+if (cur and string.len(ARGV[1]) == 0) or head ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[2]) end
+if string.len(ARGV[3]) > 0 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[7]) end
+if string.len(ARGV[5]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7]) end
+local op = string.sub(ARGV[4], 1, 1)
+if op == 'a' then redis.call('APPEND', KEYS[4], string.sub(ARGV[4], 2)) end
+if op == 's' then redis.call('SET', KEYS[4], string.sub(ARGV[4], 2)) end
+if op ~= '' and ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
+if #ARGV >= 10 then
+  for i = 10, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+end
+return 1
+"""
 
-@dataclass(frozen=True)
-class ModelView:
-    """What the store needs from the active bundle."""
-
-    version: str
-    recent_len: int  # L
-    num_buckets: int  # history tokens: V buckets or C memory slots (0: the model uses none)
-    bucket_size: int  # G (0 for the memory compressor: it keeps the whole raw history instead)
-    d_model: int
-    categories_of: CategoriesOf
-    bucket_tokens: TokenFn  # (n, G) items, (n,) categories -> (n, D): the exported history graph
-    memory: MemoryView | None = None  # set for a memory-compressor bundle
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    user_id: str
-    item: int  # internal id
-    action: int  # internal id
-    ts: int
-    event_id: str | None = None
+# Write derived state only if the user's state is still the one it was computed from.
+# KEYS: state, target. ARGV: expected state head, value, TTL s.
+SET_DERIVED = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 
 @dataclass
-class AppendResult:
+class UserRead:
+    """One user's state as a read found it (derived state already made fresh where possible)."""
+
+    user_id: str
+    keys: UserKeys
+    state: State | None  # None: unknown user
+    tokens: Tokens | None = None  # fresh for the model, or None (no history)
+    query: Query | None = None  # fresh for the state, or None (the backbone must run)
+    error: Exception | None = None  # this user could not be read; the others are unaffected
+    head: bytes = b""
+
+
+@dataclass
+class UserOutcome:
+    """One user's append: applied (accepted / duplicates) or failed (``error``)."""
+
+    user_id: str
     accepted: int = 0
     duplicates: int = 0
+    error: Exception | None = None
 
 
 @dataclass
-class Snapshot:
-    """One user's state as the engine needs it; ``tokens`` is None when the user has no history."""
+class Inspected:
+    """One user's stored state for display (GET /users/{id})."""
 
-    user_id: str
-    recent: Recent | None
-    tokens: Tokens | None
+    state: State
+    tokens: Tokens | None  # fresh for the served model, else None
+    query_cached: bool
+    stored_bytes: dict[str, int]  # MEMORY USAGE of each existing key
+
+
+@dataclass
+class Counters:
+    """What the store did, for /metrics and for tests that check the work done."""
+
+    conflicts: int = 0  # append scripts that found the state moved (then retried)
+    token_builds: int = 0  # users whose history tokens were (re)built on a read
+    repairs: dict[str, int] = field(default_factory=dict)  # unreadable derived values rebuilt, by kind
+    corrupt_states: int = 0  # unreadable states (the truth: cannot be rebuilt)
+
+    def repaired(self, kind: str) -> None:
+        self.repairs[kind] = self.repairs.get(kind, 0) + 1
+
+
+class KeyedLocks:
+    """One asyncio lock per key while anyone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: list[str]) -> AsyncIterator[None]:
+        """Hold every lock of ``keys`` (sorted: two holders of overlapping sets cannot deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for key in keys:
+                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+                stack.callback(self._release, key)
+                await stack.enter_async_context(lock)
+            yield
+
+    def _release(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
 
 @dataclass
 class _Pending:
-    """One user's state during an append transaction."""
+    """One user's append in flight."""
 
     keys: UserKeys
     events: list[NewEvent]
-    recent: Recent
-    old_tokens: Tokens | None
-    dedup_scores: list[float | None]
-    old_memory: MemoryRecord | None = None
-    state: UserState = field(init=False)
-    rebuild: bool = False  # stored tokens unusable for this model: rebuild from all buckets / history
-    history: list[Event] = field(default_factory=list)  # memory compressor, on rebuild: the raw history
-    new_recent: Recent | None = None
-    new_tokens: Tokens | None = None
-    evicted: list[Event] = field(default_factory=list)
-    accepted: list[NewEvent] = field(default_factory=list)
-    duplicates: int = 0
-
-
-def tokens_fresh(tokens: Tokens | MemoryRecord | None, model: ModelView, recent: Recent) -> bool:
-    """The one rule for using stored derived state (tokens, a folded memory): same model version and
-    same history state."""
-    return tokens is not None and (tokens.version, tokens.history_seq) == (model.version, recent.history_seq)
-
-
-def _buckets_to_arrays(buckets: list[Bucket], g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    items = np.zeros((len(buckets), g), np.int32)
-    for j, b in enumerate(buckets):
-        items[j, : len(b.items)] = b.items
-    cats = np.array([b.category for b in buckets], np.int32)
-    newest = np.array([b.newest for b in buckets], np.int64).reshape(len(buckets), 2)
-    return cats, newest, items
-
-
-def _rank(cat: int, newest: tuple[int, int]) -> tuple[int, int, int]:
-    # The same order as model.bucketing: newest key descending, then category ascending.
-    return (-newest[0], -newest[1], cat)
+    head: bytes = b""
+    result: Appended | None = None
+    tokens: Tokens | None = None
+    memory: MemoryRecord | None = None
+    history_op: bytes = b""
 
 
 class Store:
@@ -135,385 +191,426 @@ class Store:
         redis: Redis,
         prefix: str = "causerec",
         dedup_retention_s: int = 86_400,
-        max_retries: int = 200,
-        per_user_transactions: bool = False,
-        per_user_concurrency: int = 16,
+        derived_ttl_s: int = 7 * 86_400,
+        user_ttl_s: int = 0,
+        max_buckets: int | None = None,
+        max_history: int | None = None,
+        max_retries: int = 50,
+        timeout_s: float = 30.0,
     ) -> None:
         self.redis = redis
+        self.timeout_s = timeout_s
         self.prefix = prefix
         self.dedup_retention_s = dedup_retention_s
+        self.user_ttl_s = user_ttl_s  # 0: a user's state never expires
+        # Derived values never outlive the state: a user forgotten and back again starts at seq 0,
+        # and must not meet tokens stamped with the seqs of the previous life.
+        self.derived_ttl_s = min(derived_ttl_s, user_ttl_s) if user_ttl_s else derived_ttl_s
+        self.max_buckets = max_buckets  # categories kept per user (None: all)
+        self.max_history = max_history  # memory compressor: raw history events kept (None: all)
         self.max_retries = max_retries
-        # Redis Cluster cannot WATCH keys of several slots in one transaction.
-        self.per_user_transactions = per_user_transactions
-        # Store-wide: each per-user transaction holds a pooled connection while it WATCHes.
-        self._per_user_slots = asyncio.Semaphore(per_user_concurrency)
-        # Writes from one process are serialised: the append path is CPU-bound on one event loop,
-        # so concurrent appends gain no parallelism and only make each other's WATCH fail.
-        # Optimistic transactions still guard against other workers and replicas.
-        self._writes = asyncio.Lock()
-        self.conflicts = 0  # transactions aborted by a concurrent write (then retried)
+        self.counters = Counters()
+        # Appends to one user from this process wait for each other here instead of wasting
+        # compare-and-set round trips on Redis; other processes and replicas are kept apart by
+        # the compare-and-set itself.
+        self._users = KeyedLocks()
 
     def keys(self, user_id: str) -> UserKeys:
         return user_keys(self.prefix, user_id)
 
+    async def _io(self, pipe: Any) -> list[Any]:
+        """One round trip, bounded by ``timeout_s``: Redis time only, never the computation between
+        round trips, so a large batch is not mistaken for a slow Redis."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"redis did not answer within {self.timeout_s}s; an append may have been applied: "
+                "retry with the same event_ids"
+            ) from None
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+
     async def ping(self) -> None:
         try:
-            await self.redis.ping()
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.ping()
+        except TimeoutError:
+            raise StoreUnavailable(f"redis did not answer within {self.timeout_s}s") from None
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
 
     # ---- read -----------------------------------------------------------------------------------
-    async def read(self, model: ModelView, user_ids: list[str], now: float) -> list[Snapshot]:
-        """Recent window + history tokens for a batch of users: one round trip when tokens are fresh.
+    async def read(self, model: ModelView, user_ids: list[str]) -> list[UserRead]:
+        """State, history tokens and query state of many users: one round trip when all are fresh.
 
-        Tokens stamped with another model version or history seq (a new model, or a write that
-        landed between the two GETs) are never served: they are rebuilt from the raw buckets.
-        """
-        keys = [self.keys(u) for u in user_ids]
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for k in keys:
-                pipe.get(k.recent)
-                pipe.get(k.tokens)
-            replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
-        snaps, stale = [], {}
-        for i, (user, k) in enumerate(zip(user_ids, keys, strict=True)):
-            blob, tok_blob = replies[2 * i], replies[2 * i + 1]
-            recent = decode_recent(blob) if blob else None
-            tokens = decode_tokens(tok_blob) if tok_blob else None
-            if model.num_buckets == 0 or recent is None or recent.history_seq == 0:
-                tokens = None  # no history to compress (yet)
-            elif not tokens_fresh(tokens, model, recent):
-                stale[k] = i
-            snaps.append(Snapshot(user, recent, tokens))
-        if stale:
-            for p in await self._transact(model, {k: [] for k in stale}, now):
-                snaps[stale[p.keys]] = Snapshot(snaps[stale[p.keys]].user_id, p.new_recent, p.new_tokens)
-        return snaps
-
-    async def recompute_all(self, model: ModelView, now: float, batch: int = 256) -> int:
-        """Rebuild the tokens of every user whose tokens are not for ``model``; returns users scanned."""
-        pattern = f"{self.prefix}:v{SCHEMA}:*:recent"
-        scanned = 0
-        chunk: list[UserKeys] = []
-        try:
-            async for key in self.redis.scan_iter(match=pattern, count=1000):
-                chunk.append(keys_from_recent(key.decode() if isinstance(key, bytes) else key))
-                if len(chunk) == batch:
-                    await self._transact(model, dict.fromkeys(chunk, []), now)
-                    scanned, chunk = scanned + len(chunk), []
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
-        if chunk:
-            await self._transact(model, dict.fromkeys(chunk, []), now)
-        return scanned + len(chunk)
-
-    # ---- append ---------------------------------------------------------------------------------
-    async def append(self, model: ModelView, events: Iterable[NewEvent], now: float) -> AppendResult:
-        """Apply events (in order) atomically per user; duplicates (by event_id) count once."""
-        by_user: dict[UserKeys, list[NewEvent]] = {}
-        for e in events:
-            by_user.setdefault(self.keys(e.user_id), []).append(e)
-        pending = await self._transact(model, by_user, now)
-        return AppendResult(sum(len(p.accepted) for p in pending), sum(p.duplicates for p in pending))
-
-    async def _transact(
-        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
-    ) -> list[_Pending]:
-        """One transaction for the whole batch when nobody else writes these users (4 round trips
-        for any number of users); on a conflict, one transaction per user, so a single contended
-        user never makes the whole batch retry."""
-        async with self._writes:
-            return await self._transact_unlocked(model, by_user, now)
-
-    async def _transact_unlocked(
-        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float
-    ) -> list[_Pending]:
-        if not self.per_user_transactions and len(by_user) > 1:
-            batched = await self._transact_group(model, by_user, now, attempts=1)
-            if batched is not None:
-                return batched
-
-        async def one(keys: UserKeys, events: list[NewEvent]) -> list[_Pending]:
-            async with self._per_user_slots:
-                done = await self._transact_group(model, {keys: events}, now, attempts=self.max_retries)
-            if done is None:
-                raise StoreConflict(f"gave up after {self.max_retries} conflicting writes on one user")
-            return done
-
-        groups = await asyncio.gather(*(one(k, v) for k, v in by_user.items()))
-        return [p for group in groups for p in group]
-
-    async def _transact_group(
-        self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]], now: float, attempts: int
-    ) -> list[_Pending] | None:
-        """WATCH, read, compute, MULTI/EXEC; None if every attempt met a concurrent write."""
-        broken_connections = 0
-        for attempt in range(attempts):
+        Derived values that are missing, stale (another model version or history state) or
+        unreadable are rebuilt from the state and written back; an unreadable state fails only
+        its own user (``UserRead.error``)."""
+        reads = [UserRead(u, self.keys(u), None) for u in user_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for r in reads:
+            pipe.get(r.keys.state)
+            pipe.get(r.keys.tokens(model.version))
+            pipe.get(r.keys.query(model.version))
+        replies = await self._io(pipe)
+        stale: list[UserRead] = []
+        for i, r in enumerate(reads):
+            blob, tok_blob, q_blob = replies[3 * i : 3 * i + 3]
+            if any(isinstance(x, Exception) for x in (blob, tok_blob, q_blob)):
+                r.error = StoreUnavailable("redis refused a read")
+                continue
+            if not blob:
+                continue
             try:
-                async with self.redis.pipeline(transaction=True) as tx:
-                    await tx.watch(*(k.recent for k in by_user))
-                    pending = await self._load(model, by_user)
-                    await self._apply(model, pending, now)
-                    tx.multi()  # type: ignore[no-untyped-call]
-                    self._queue_writes(tx, model, pending, now)
-                    await tx.execute()
-                    return pending
-            except WatchError:
-                # Another writer touched one of these users: re-read and recompute.
-                self.conflicts += 1
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
-            except RedisConnectionError as exc:
-                # redis-py does not retry WATCH on a dead pooled connection (e.g. after a Redis
-                # restart); it drops that connection, so the next attempt connects afresh.
-                broken_connections += 1
-                if broken_connections > 2 or attempts == 1:
-                    raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
-        return None
-
-    async def _load(self, model: ModelView, by_user: dict[UserKeys, list[NewEvent]]) -> list[_Pending]:
-        reads = self.redis.pipeline(transaction=False)
-        for k, events in by_user.items():
-            reads.get(k.recent)
-            reads.get(k.tokens)
-            if model.memory is not None:
-                reads.get(k.memory)
-            ids = [e.event_id for e in events if e.event_id is not None]
-            if ids:
-                reads.zmscore(k.dedup, ids)
-        replies = iter(await reads.execute())
-        pending = []
-        for k, events in by_user.items():
-            blob, tok_blob = next(replies), next(replies)
-            mem_blob = next(replies) if model.memory is not None else None
-            ids = [e.event_id for e in events if e.event_id is not None]
-            scores = list(next(replies)) if ids else []
-            recent = decode_recent(blob) if blob else Recent(0, 0, model.recent_len, model.bucket_size, [])
-            if (recent.recent_len, recent.bucket_size) != (model.recent_len, model.bucket_size):
-                raise StoreConflict(
-                    f"stored state has L={recent.recent_len}, G={recent.bucket_size}; "
-                    f"the model needs L={model.recent_len}, G={model.bucket_size} "
-                    "(G=0: the memory compressor's full history); backfill a store for this model"
+                r.state, r.head = decode_state(blob), state_head(blob)
+                check_layout(r.state, model)
+            except (CorruptValue, LayoutMismatch) as exc:
+                self.counters.corrupt_states += isinstance(exc, CorruptValue)
+                r.state, r.error = (
+                    None,
+                    UserStateCorrupt(f"stored state of user {r.user_id!r} is unusable: {exc}"),
                 )
-            tokens = decode_tokens(tok_blob) if tok_blob else None
-            memory = decode_memory(mem_blob) if mem_blob else None
-            pending.append(_Pending(k, events, recent, tokens, scores, memory))
-        return pending
+                continue
+            r.tokens = self._decoded(tok_blob, decode_tokens, "tokens")
+            r.query = self._decoded(q_blob, decode_query, "query")
+            if r.query is not None and r.query.next_seq != r.state.next_seq:
+                r.query = None
+            if model.num_buckets and r.state.history_seq and not fresh(r.tokens, model, r.state):
+                stale.append(r)
+            elif not model.num_buckets or not r.state.history_seq:
+                r.tokens = None  # no history to compress (yet)
+        if stale:
+            await self._rebuild_tokens(model, stale)
+        return reads
 
-    async def _apply(self, model: ModelView, pending: list[_Pending], now: float) -> None:
-        """Run the bucketing rule: recent window first, then fetch only the buckets evictions touch."""
-        for p in pending:
-            p.state = UserState(model.recent_len, model.bucket_size, recent=list(p.recent.events))
-            seen_ids: dict[str, float | None] = {}
-            it = iter(p.dedup_scores)
-            for e in p.events:
-                if e.event_id is not None:
-                    score = next(it)
-                    if e.event_id in seen_ids or (score is not None and score > now):  # score = expiry
-                        p.duplicates += 1
-                        seen_ids[e.event_id] = score
-                        continue
-                    seen_ids[e.event_id] = score
-                event = Event(e.ts, p.recent.next_seq + len(p.accepted), e.item, e.action)
-                p.accepted.append(e)
-                evicted = p.state.push_recent(event)
-                if evicted is not None:
-                    p.evicted.append(evicted)
+    def _decoded(self, blob: bytes | None, decode: Callable[[bytes], T], kind: str) -> T | None:
+        if not blob:
+            return None
+        try:
+            return decode(blob)
+        except CorruptValue:
+            self.counters.repaired(kind)  # derived: rebuilt from the state like a missing one
+            return None
+
+    async def _rebuild_tokens(self, model: ModelView, reads: list[UserRead]) -> None:
+        self.counters.token_builds += len(reads)
         if model.memory is not None:
-            await self._fetch_histories(model, pending)
+            await self._refold(model, reads)
             return
-        fetch = self.redis.pipeline(transaction=False)
-        plan: list[tuple[_Pending, list[int] | None]] = []
-        for p in pending:
-            p.rebuild = self._needs_rebuild(model, p)
-            if p.rebuild:
-                fetch.hgetall(p.keys.buckets)
-                plan.append((p, None))
-            elif p.evicted:
-                wanted = sorted(
-                    {c for e in p.evicted for c in bucket_categories(e.item, model.categories_of)}
-                )
-                fetch.hmget(p.keys.buckets, [str(c) for c in wanted])
-                plan.append((p, wanted))
-        replies = await fetch.execute() if plan else []
-        for (p, cats), reply in zip(plan, replies, strict=True):
-            if cats is None:
-                p.state.buckets = {int(c): decode_bucket(b) for c, b in reply.items()}
-            else:
-                p.state.buckets = {c: decode_bucket(b) for c, b in zip(cats, reply, strict=True) if b}
+        jobs = [token_job(r.state, None, set(), model) for r in reads if r.state is not None]
+        built = await asyncio.to_thread(build_tokens, model, jobs)
+        pipe = self.redis.pipeline(transaction=False)
+        for r, tokens in zip(reads, built, strict=True):
+            r.tokens = tokens
+            self._set_derived(pipe, r.keys, r.head, r.keys.tokens(model.version), encode_tokens(tokens))
+        await self._io(pipe)
 
-    async def _fetch_histories(self, model: ModelView, pending: list[_Pending]) -> None:
-        """Memory compressor: read the raw history of the users whose memory must be refolded."""
-        refold = [p for p in pending if self._needs_refold(model, p)]
-        fetch = self.redis.pipeline(transaction=False)
-        for p in refold:
-            p.rebuild = True
-            fetch.get(p.keys.history)
-        for p, blob in zip(refold, await fetch.execute() if refold else [], strict=True):
-            p.history = decode_events(blob) if blob else []
+    async def _refold(self, model: ModelView, reads: list[UserRead]) -> None:
+        """Memory compressor: fold each user's raw history from M_0 (a new model, a lost record)."""
+        assert model.memory is not None
+        pipe = self.redis.pipeline(transaction=False)
+        for r in reads:
+            pipe.get(r.keys.history)
+        blobs = await self._io(pipe)
+        histories = [self._history(b) for b in blobs]
+        jobs = [
+            memory_store.refold_job(model.memory, h, r.state.history_seq)
+            for r, h in zip(reads, histories, strict=True)
+            if r.state
+        ]
+        assert len(jobs) == len(reads)  # only users with a state reach a rebuild
+        folded = await asyncio.to_thread(memory_store.run_folds, model, jobs)
+        pipe = self.redis.pipeline(transaction=False)
+        for r, history, (record, tokens) in zip(reads, histories, folded, strict=True):
+            if not history:  # a lost `hist`: serve without history tokens rather than fail
+                continue
+            r.tokens = tokens
+            self._set_derived(pipe, r.keys, r.head, r.keys.memory(model.version), encode_memory(record))
+            self._set_derived(pipe, r.keys, r.head, r.keys.tokens(model.version), encode_tokens(tokens))
+        await self._io(pipe)
 
-    @staticmethod
-    def _needs_refold(model: ModelView, p: _Pending) -> bool:
-        """Whether the memory cannot be extended by this batch: stamped for another model or history
-        state (with the tokens, written in the same transaction), or an evicted event older than
-        the newest history event (it lands inside an already folded segment)."""
-        if p.recent.history_seq == 0:
-            return False
-        if not (tokens_fresh(p.old_tokens, model, p.recent) and tokens_fresh(p.old_memory, model, p.recent)):
-            return True
-        assert p.old_memory is not None  # fresh
-        return any(e.key < p.old_memory.last_key for e in p.evicted)
+    def _history(self, blob: bytes | None) -> list:  # type: ignore[type-arg]
+        if not blob or isinstance(blob, Exception):
+            return []
+        try:
+            return decode_events(blob)
+        except CorruptValue:
+            self.counters.repaired("history")
+            return []
 
-    @staticmethod
-    def _needs_rebuild(model: ModelView, p: _Pending) -> bool:
-        """Whether the stored tokens cannot be updated incrementally for this model."""
-        return (
-            model.num_buckets > 0
-            and p.recent.history_seq > 0
-            and not tokens_fresh(p.old_tokens, model, p.recent)
+    def _set_derived(self, pipe: Any, keys: UserKeys, head: bytes, key: str, value: bytes) -> None:
+        pipe.eval(SET_DERIVED, 2, keys.state, key, head, value, self.derived_ttl_s)
+
+    async def write_queries(self, model: ModelView, reads: list[UserRead], queries: list[Query]) -> None:
+        """Cache freshly computed query states (each only if its user's state has not moved)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for r, q in zip(reads, queries, strict=True):
+            self._set_derived(pipe, r.keys, r.head, r.keys.query(model.version), encode_query(q))
+        await self._io(pipe)
+
+    async def recompute_all(self, model: ModelView, batch: int = 256) -> int:
+        """Build ``model``'s tokens for every user who lacks fresh ones (before switching traffic to
+        a new model, or to repair); returns the users scanned."""
+        scanned, chunk = 0, []
+        try:
+            async for key in self.redis.scan_iter(match=f"{self.prefix}:v{SCHEMA}:*:state", count=1000):
+                chunk.append(keys_from_state(key.decode() if isinstance(key, bytes) else key))
+                if len(chunk) == batch:
+                    scanned += await self._warm(model, chunk)
+                    chunk = []
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+        return scanned + (await self._warm(model, chunk) if chunk else 0)
+
+    async def _warm(self, model: ModelView, keys: list[UserKeys]) -> int:
+        """Read users by their keys (their ids are not needed): stale tokens get rebuilt."""
+        reads = [UserRead("", k, None) for k in keys]
+        pipe = self.redis.pipeline(transaction=False)
+        for r in reads:
+            pipe.get(r.keys.state)
+            pipe.get(r.keys.tokens(model.version))
+        replies = await self._io(pipe)
+        stale = []
+        for i, r in enumerate(reads):
+            blob, tok = replies[2 * i], replies[2 * i + 1]
+            try:
+                r.state, r.head = decode_state(blob), state_head(blob)
+                check_layout(r.state, model)
+            except (CorruptValue, LayoutMismatch, TypeError):
+                continue
+            if (
+                model.num_buckets
+                and r.state.history_seq
+                and not fresh(self._decoded(tok, decode_tokens, "tokens"), model, r.state)
+            ):
+                stale.append(r)
+        if stale:
+            await self._rebuild_tokens(model, stale)
+        return len(reads)
+
+    async def inspect(self, model: ModelView, user_id: str) -> Inspected | None:
+        """Everything stored for one user, as ``model`` sees it (None: unknown user); one round trip."""
+        k = self.keys(user_id)
+        named = {
+            "state": k.state,
+            "tokens": k.tokens(model.version),
+            "query": k.query(model.version),
+            "memory": k.memory(model.version),
+            "history": k.history,
+            "dedup": k.dedup,
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(k.state)
+        pipe.get(k.tokens(model.version))
+        pipe.get(k.query(model.version))
+        for key in named.values():
+            pipe.memory_usage(key)
+        blob, tok, q, *usage = await self._io(pipe)
+        if not blob or isinstance(blob, Exception):
+            if isinstance(blob, Exception):
+                raise StoreUnavailable("redis refused a read")
+            return None
+        try:
+            state = decode_state(blob)
+            check_layout(state, model)
+        except (CorruptValue, LayoutMismatch) as exc:
+            raise UserStateCorrupt(f"stored state of user {user_id!r} is unusable: {exc}") from None
+        tokens = self._decoded(tok, decode_tokens, "tokens")
+        query = self._decoded(q, decode_query, "query")
+        sizes = {name: int(n) for name, n in zip(named, usage, strict=True) if isinstance(n, int)}
+        return Inspected(
+            state,
+            tokens if fresh(tokens, model, state) else None,
+            query is not None and query.next_seq == state.next_seq,
+            sizes,
         )
 
-    def _queue_writes(self, tx: Any, model: ModelView, pending: list[_Pending], now: float) -> None:
-        for p in pending:
-            ids = {e.event_id: now + self.dedup_retention_s for e in p.accepted if e.event_id is not None}
-            if ids:
-                tx.zadd(p.keys.dedup, ids)
-                tx.zremrangebyscore(p.keys.dedup, "-inf", now)
-                tx.expire(p.keys.dedup, self.dedup_retention_s)
-        if model.memory is None:
-            self._queue_bucket_writes(tx, model, pending)
-        else:
-            self._queue_memory_writes(tx, model, model.memory, pending)
+    # ---- append ---------------------------------------------------------------------------------
+    async def append(self, model: ModelView, events: Iterable[NewEvent], now: float) -> list[UserOutcome]:
+        """Apply events (in order) atomically per user; duplicates (by event_id) count once. Every
+        user's outcome is returned: one failing user (an unreadable state) does not fail the rest."""
+        by_user: dict[str, _Pending] = {}
+        for e in events:
+            by_user.setdefault(e.user_id, _Pending(self.keys(e.user_id), [])).events.append(e)
+        async with self._users.hold(sorted(by_user)):
+            return await self._append(model, by_user, now)
 
-    @staticmethod
-    def _write_recent(tx: Any, model: ModelView, p: _Pending, history_changed: bool) -> int:
-        """Queue the new recent window; return its history seq, which derived state is stamped with:
-        the new next seq when the history changed, else unchanged."""
-        next_seq = p.recent.next_seq + len(p.accepted)
-        history_seq = next_seq if history_changed else p.recent.history_seq
-        p.new_recent = Recent(next_seq, history_seq, model.recent_len, model.bucket_size, p.state.recent)
-        if p.accepted:
-            tx.set(p.keys.recent, encode_recent(p.new_recent))
-        return history_seq
-
-    def _queue_memory_writes(
-        self, tx: Any, model: ModelView, view: MemoryView, pending: list[_Pending]
-    ) -> None:
-        jobs: list[tuple[_Pending, FoldJob]] = []
-        for p in pending:
-            new_events = sorted(p.evicted, key=lambda e: e.key)
-            history_seq = self._write_recent(tx, model, p, history_changed=bool(new_events))
-            if p.rebuild:
-                history = sorted(p.history + new_events, key=lambda e: e.key)
-                if new_events:
-                    tx.set(p.keys.history, encode_events(history))
-                if history:  # an empty one means a deleted `hist` key: serve without history tokens
-                    jobs.append((p, refold_job(view, history, history_seq)))
-            elif new_events:
-                tx.append(p.keys.history, encode_events(new_events))
-                old, exclude = p.old_memory, []
-                if old is None:  # the user's first history event
-                    old = MemoryRecord(model.version, 0, 0, (0, 0), view.initial, [])
-                elif p.old_tokens is not None:
-                    exclude = [int(i) for i in p.old_tokens.items.ravel() if i]
-                jobs.append((p, extend_job(view, old, exclude, new_events, history_seq)))
-            elif history_seq > 0:
-                p.new_tokens = p.old_tokens  # fresh (checked by _needs_refold): hand them back
-        folded = run_folds(view, model.version, [job for _, job in jobs])
-        for (p, _), (record, tokens) in zip(jobs, folded, strict=True):
-            p.new_tokens = tokens
-            tx.set(p.keys.memory, encode_memory(record))
-            tx.set(p.keys.tokens, encode_tokens(tokens))
-
-    def _queue_bucket_writes(self, tx: Any, model: ModelView, pending: list[_Pending]) -> None:
-        jobs: list[_TokenJob] = []
-        for p in pending:
-            rebuild = p.rebuild
-            touched: set[int] = set()
-            for e in p.evicted:
-                touched |= p.state.add_to_history(e, model.categories_of)
-            history_seq = self._write_recent(tx, model, p, history_changed=bool(touched))
-            if touched:
-                tx.hset(p.keys.buckets, mapping={str(c): encode_bucket(p.state.buckets[c]) for c in touched})
-            if model.num_buckets and not (touched or rebuild) and p.recent.history_seq > 0:
-                # Still fresh (a concurrent writer may have refreshed them since a reader saw them
-                # stale): hand them back, or a repairing reader would lose the user's history.
-                p.new_tokens = p.old_tokens
-            if model.num_buckets and (touched or rebuild):
-                old = None if rebuild else p.old_tokens
-                reuse = (
-                    {}
-                    if old is None
-                    else {
-                        int(c): old.tokens[j]
-                        for j, c in enumerate(old.categories.tolist())
-                        if int(c) not in touched
-                    }
-                )
-                jobs.append(
-                    _TokenJob(p.keys, history_seq, self._top_buckets(model, p.state, old, touched), reuse)
-                )
-        by_keys = {p.keys: p for p in pending}
-        for keys, tokens in compute_tokens(model, jobs):
-            by_keys[keys].new_tokens = tokens
-            tx.set(keys.tokens, encode_tokens(tokens))
-
-    @staticmethod
-    def _top_buckets(
-        model: ModelView, state: UserState, old: Tokens | None, touched: set[int]
-    ) -> list[Bucket]:
-        """The new top V. Incrementally: the old top V (touched ones refreshed) plus touched buckets.
-
-        No untouched bucket outside the old top V can enter it: buckets only ever gain recency, and
-        only touched ones gain. So this equals state.top(V) over all buckets (property-tested).
-        """
-        if old is None:
-            return state.top(model.num_buckets)
-        candidates: dict[int, Bucket] = {}
-        for cat, row, (ts, seq) in zip(
-            old.categories.tolist(), old.items.tolist(), old.newest.tolist(), strict=True
-        ):
-            candidates[cat] = Bucket(cat, tuple(i for i in row if i), ((ts, seq),))
-        for cat in touched:
-            entries = state.buckets[cat]
-            candidates[cat] = Bucket(
-                cat, tuple(i for _, i in reversed(entries)), tuple(key for key, _ in reversed(entries))
+    async def _append(self, model: ModelView, by_user: dict[str, _Pending], now: float) -> list[UserOutcome]:
+        outcomes = {u: UserOutcome(u) for u in by_user}
+        todo = list(by_user.items())
+        for attempt in range(self.max_retries):
+            conflicts = await self._append_round(model, todo, outcomes, now)
+            if not conflicts:
+                return list(outcomes.values())
+            self.counters.conflicts += len(conflicts)
+            todo = conflicts
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
+        for user, _ in todo:
+            outcomes[user].error = StoreConflict(
+                f"gave up after {self.max_retries} concurrent writes on one user"
             )
-        return sorted(candidates.values(), key=lambda b: _rank(b.category, b.newest))[: model.num_buckets]
+        return list(outcomes.values())
 
-
-@dataclass
-class _TokenJob:
-    keys: UserKeys
-    history_seq: int
-    buckets: list[Bucket]  # the new top V
-    reuse: dict[int, np.ndarray]  # category -> token still valid (untouched, same model)
-
-
-def compute_tokens(model: ModelView, jobs: list[_TokenJob]) -> list[tuple[UserKeys, Tokens]]:
-    """Tokens for every job with one history-graph call for all buckets that need (re)computing."""
-    need = [(b.items, b.category) for job in jobs for b in job.buckets if b.category not in job.reuse]
-    computed = np.zeros((0, model.d_model), np.float32)
-    if need:
-        items = np.zeros((len(need), model.bucket_size), np.int64)
-        for row, (bucket_items, _) in enumerate(need):
-            items[row, : len(bucket_items)] = bucket_items
-        computed = model.bucket_tokens(items, np.array([c for _, c in need], np.int64))
-    out, cursor = [], 0
-    for job in jobs:
-        rows = []
-        for b in job.buckets:
-            if b.category in job.reuse:
-                rows.append(job.reuse[b.category])
+    async def _append_round(
+        self, model: ModelView, todo: list[tuple[str, _Pending]], outcomes: dict[str, UserOutcome], now: float
+    ) -> list[tuple[str, _Pending]]:
+        """Read, compute and compare-and-set every user of ``todo`` once; returns those that conflicted."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _, p in todo:
+            pipe.get(p.keys.state)
+            pipe.get(p.keys.tokens(model.version))
+            pipe.get(p.keys.memory(model.version))
+            ids = [e.event_id for e in p.events if e.event_id is not None]
+            pipe.zmscore(p.keys.dedup, ids) if ids else pipe.exists(p.keys.dedup)
+        replies = await self._io(pipe)
+        ready: list[tuple[str, _Pending, tuple[Any, ...]]] = []
+        for i, (user, p) in enumerate(todo):
+            blob, tok, mem, scores = replies[4 * i : 4 * i + 4]
+            if any(isinstance(x, Exception) for x in (blob, tok, mem, scores)):
+                outcomes[user].error = StoreUnavailable("redis refused a read")
+                continue
+            try:
+                state = decode_state(blob) if blob else None
+                if state is not None:
+                    check_layout(state, model)
+            except (CorruptValue, LayoutMismatch) as exc:
+                self.counters.corrupt_states += isinstance(exc, CorruptValue)
+                outcomes[user].error = UserStateCorrupt(
+                    f"stored state of user {user!r} is unusable, events not applied: {exc}"
+                )
+                continue
+            p.head = state_head(blob)
+            expiry = list(scores) if isinstance(scores, list) else []
+            ready.append(
+                (
+                    user,
+                    p,
+                    (
+                        state,
+                        self._decoded(tok, decode_tokens, "tokens"),
+                        self._decoded(mem, decode_memory, "memory"),
+                        expiry,
+                    ),
+                )
+            )
+        if not ready:
+            return []
+        await asyncio.to_thread(self._compute, model, ready, now)
+        if model.memory is not None:
+            await self._fold_histories(model, [p for _, p, _ in ready])
+        pipe = self.redis.pipeline(transaction=False)
+        for _, p, _ in ready:
+            self._queue_append(pipe, model, p, now)
+        results = await self._io(pipe)
+        conflicts = []
+        for (user, p, _), ok in zip(ready, results, strict=True):
+            if isinstance(ok, Exception):
+                outcomes[user].error = StoreUnavailable(f"redis refused the append: {type(ok).__name__}")
+            elif ok == 1:
+                assert p.result is not None
+                outcomes[user].accepted, outcomes[user].duplicates = (
+                    len(p.result.accepted),
+                    p.result.duplicates,
+                )
             else:
-                rows.append(computed[cursor])
-                cursor += 1
-        cats, newest, items = _buckets_to_arrays(job.buckets, model.bucket_size)
-        tokens = np.stack(rows).astype(np.float32) if rows else np.zeros((0, model.d_model), np.float32)
-        out.append((job.keys, Tokens(model.version, job.history_seq, cats, newest, items, tokens)))
-    return out
+                conflicts.append((user, p))
+        return conflicts
+
+    def _compute(
+        self, model: ModelView, ready: list[tuple[str, _Pending, tuple[Any, ...]]], now: float
+    ) -> None:
+        """Off the event loop: the rule for every user, then one history-graph call for all the
+        buckets that changed. Tokens left None are still fresh in Redis and are not rewritten."""
+        jobs: list[TokenJob] = []
+        owners: list[_Pending] = []
+        for _, p, (state, tokens, memory, expiry) in ready:
+            was_fresh = state is not None and fresh(tokens, model, state)
+            p.result = apply_events(state, p.events, expiry, now, model, self.max_buckets)
+            p.tokens, p.history_op = None, b""
+            if model.memory is not None:
+                p.memory = memory if was_fresh and state is not None and fresh(memory, model, state) else None
+                p.tokens = tokens if p.memory is not None else None
+                continue
+            new = p.result.state
+            if model.num_buckets and new.history_seq and (p.result.touched or not was_fresh):
+                jobs.append(token_job(new, tokens if was_fresh else None, p.result.touched, model))
+                owners.append(p)
+        for p, built in zip(owners, build_tokens(model, jobs) if jobs else [], strict=True):
+            p.tokens = built
+
+    async def _fold_histories(self, model: ModelView, pending: list[_Pending]) -> None:
+        """Memory compressor: extend each memory by the events that joined the history, or refold
+        the whole history (a new model, a lost record, or a late event inside folded segments)."""
+        assert model.memory is not None
+        refold = [p for p in pending if p.result and memory_store.needs_refold(p.memory, p.result)]
+        pipe = self.redis.pipeline(transaction=False)
+        for p in refold:
+            pipe.get(p.keys.history)
+        blobs = await self._io(pipe) if refold else []
+        histories = {id(p): self._history(b) for p, b in zip(refold, blobs, strict=True)}
+        jobs, owners = [], []
+        for p in pending:
+            assert p.result is not None
+            new_events = sorted(p.result.evicted, key=lambda e: e.key)
+            if id(p) in histories:
+                history = sorted(histories[id(p)] + new_events, key=lambda e: e.key)
+                history = memory_store.bounded(history, model.memory.segment_len, self.max_history)
+                p.history_op = b"s" + encode_events(history)
+                p.result.state.history_len = len(history)
+                if history:
+                    jobs.append(memory_store.refold_job(model.memory, history, p.result.state.history_seq))
+                    owners.append(p)
+            elif new_events:
+                p.history_op = b"a" + encode_events(new_events)
+                jobs.append(
+                    memory_store.extend_job(
+                        model.memory, p.memory, p.tokens, new_events, p.result.state.history_seq
+                    )
+                )
+                owners.append(p)
+        folded = await asyncio.to_thread(memory_store.run_folds, model, jobs)
+        for p, (record, tokens) in zip(owners, folded, strict=True):
+            p.memory, p.tokens = record, tokens
+
+    def _queue_append(self, pipe: Any, model: ModelView, p: _Pending, now: float) -> None:
+        assert p.result is not None
+        expiry = now + self.dedup_retention_s
+        ids = [x for e in p.result.accepted if e.event_id is not None for x in (expiry, e.event_id)]
+        pipe.eval(
+            APPEND,
+            5,
+            p.keys.state,
+            p.keys.dedup,
+            p.keys.tokens(model.version),
+            p.keys.history,
+            p.keys.memory(model.version),
+            p.head,
+            encode_state(p.result.state),
+            encode_tokens(p.tokens) if p.tokens is not None else b"",
+            p.history_op,
+            encode_memory(p.memory) if p.memory is not None and model.memory is not None else b"",
+            self.user_ttl_s,
+            self.derived_ttl_s,
+            now,
+            self.dedup_retention_s,
+            *ids,
+        )
+
+
+async def ensure_layout(redis: Redis, prefix: str, model: ModelView) -> None:
+    """The first model to serve a store fixes its layout (compressor, L, G); a model with another
+    layout is refused, before it reads any user, with what to do instead."""
+    layout = f"kind={model.kind} L={model.recent_len} G={model.bucket_size}"
+    try:
+        await redis.hsetnx(meta_key(prefix), "layout", layout)  # type: ignore[misc]
+        stored = await redis.hget(meta_key(prefix), "layout")  # type: ignore[misc]
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
+    stored = stored.decode() if isinstance(stored, bytes) else stored
+    if stored != layout:
+        raise BundleError(
+            f"the store under prefix {prefix!r} holds user state for {stored} (kind 0: buckets, 1: memory); "
+            f"this bundle needs {layout}. Such a change needs a new key prefix and a backfill"
+        )

@@ -1,18 +1,21 @@
-"""Every Redis key and value format of the user-state store (schema version 1; docs/STORE.md).
+"""Every Redis key and value format of the user-state store (schema version 2; docs/STORE.md).
 
 Keys: all of one user's keys carry the hash tag ``{u:<id>}`` so they share one Redis Cluster slot
-and can be updated in one MULTI/EXEC. Ids outside a safe character set (or too long) are replaced
-by a hash, so a ``}`` in a user id can never move the tag.
+and one Lua script can update them together. Ids outside a safe character set (or too long) are
+replaced by a hash, so a ``}`` in a user id can never move the tag.
 
-    <prefix>:v1:{u:<id>}:recent    string  header + recent window (oldest first)
-    <prefix>:v1:{u:<id>}:buckets   hash    category id -> that bucket's items (oldest first)
-    <prefix>:v1:{u:<id>}:tok       string  history tokens (V buckets or C memory slots) of one model version
-    <prefix>:v1:{u:<id>}:dedup     zset    event id -> expiry time (idempotency window)
-    <prefix>:v1:{u:<id>}:hist      string  memory compressor: the whole raw history, key order
-    <prefix>:v1:{u:<id>}:mem       string  memory compressor: folded memory + open segment, one model version
+    <prefix>:v2:{u:<id>}:state          string  the truth: recent window + raw buckets
+    <prefix>:v2:{u:<id>}:hist           string  memory compressor: raw history, key order
+    <prefix>:v2:{u:<id>}:dedup          zset    event id -> expiry time (idempotency window)
+    <prefix>:v2:{u:<id>}:tok:<version>  string  history tokens of one model version (derived)
+    <prefix>:v2:{u:<id>}:mem:<version>  string  memory compressor: folded memory of one version
+    <prefix>:v2:{u:<id>}:q:<version>    string  the user's query state for one version (derived)
+    <prefix>:v2:ids                     hash    stable ids of items, actions, categories (service.ids)
+    <prefix>:v2:meta                    hash    the layout the store was written with
 
-Values are little-endian numpy records. Each starts with a format byte so a reader refuses a
-layout it does not know instead of misreading it.
+Stored ids are the store's stable ids (service.ids), never a bundle's internal ids, so a model
+trained on a renumbered catalogue reads the same state. Every value starts with a format byte, so
+a reader refuses a layout it does not know instead of misreading it; all integers little-endian.
 """
 
 from __future__ import annotations
@@ -20,21 +23,39 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from model.bucketing import Event
 
-SCHEMA = 1
+SCHEMA = 2
+FORMAT = 2  # the first byte of every value
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
-EVENT = np.dtype([("ts", "<i8"), ("seq", "<i8"), ("item", "<i4"), ("action", "<i4")])
-BUCKET_ITEM = np.dtype([("ts", "<i8"), ("seq", "<i8"), ("item", "<i4")])
-_RECENT_HEAD = struct.Struct("<BqqII")  # format, next seq, history seq, L, G
-_TOK_HEAD = struct.Struct("<B16sqHHH")  # format, model version, history seq, n buckets, G, D
-# format, model version, history seq, events folded, last key (ts, seq), C, D, open segment length
-_MEM_HEAD = struct.Struct("<B16sqqqqHHH")
+KIND_BUCKETS, KIND_MEMORY = 0, 1  # what the state's history is kept as
+# Timestamps and sequence numbers are uint32: seconds until 2106, 4 billion events per user.
+MAX_U32 = 2**32 - 1
+
+EVENT = np.dtype([("ts", "<u4"), ("seq", "<u4"), ("item", "<u4"), ("action", "<u2")])  # 14 bytes
+BUCKET_ITEM = np.dtype([("ts", "<u4"), ("item", "<u4")])  # 8 bytes; order gives the rest of the key
+_STATE_HEAD = struct.Struct(
+    "<BBHHHHIII"
+)  # format, kind, L, G, n recent, n buckets, next seq, history seq, history len
+_BUCKET_HEAD = struct.Struct("<IIH")  # category, newest seq, n items
+_TOK_HEAD = struct.Struct("<B16sIHH")  # format, model version, history seq, n tokens, D
+_TOK_ROW = np.dtype([("category", "<u4"), ("ts", "<u4"), ("seq", "<u4")])
+_QUERY_HEAD = struct.Struct("<B16sIH")  # format, model version, next seq, D
+# format, model version, history seq, events folded, newest history key (ts, seq), C, D, open length
+_MEM_HEAD = struct.Struct("<B16sIIIIHHH")
+
+STATE_HEAD_BYTES = _STATE_HEAD.size
+"""A state's header holds its next seq: the append script compares these bytes to detect a
+concurrent writer (compare-and-set)."""
+
+
+class CorruptValue(ValueError):
+    """A stored value that cannot be decoded (unknown format byte, wrong length)."""
 
 
 def user_tag(user_id: str) -> str:
@@ -45,138 +66,237 @@ def user_tag(user_id: str) -> str:
 
 @dataclass(frozen=True)
 class UserKeys:
-    recent: str
-    buckets: str
-    tokens: str
-    dedup: str
-    history: str
-    memory: str
+    base: str
 
+    @property
+    def state(self) -> str:
+        return f"{self.base}:state"
 
-def _keys(base: str) -> UserKeys:
-    return UserKeys(*(f"{base}:{name}" for name in ("recent", "buckets", "tok", "dedup", "hist", "mem")))
+    @property
+    def history(self) -> str:
+        return f"{self.base}:hist"
+
+    @property
+    def dedup(self) -> str:
+        return f"{self.base}:dedup"
+
+    def tokens(self, version: str) -> str:
+        return f"{self.base}:tok:{version}"
+
+    def memory(self, version: str) -> str:
+        return f"{self.base}:mem:{version}"
+
+    def query(self, version: str) -> str:
+        return f"{self.base}:q:{version}"
 
 
 def user_keys(prefix: str, user_id: str) -> UserKeys:
-    return _keys(f"{prefix}:v{SCHEMA}:{{{user_tag(user_id)}}}")
+    return UserKeys(f"{prefix}:v{SCHEMA}:{{{user_tag(user_id)}}}")
 
 
-def keys_from_recent(recent_key: str) -> UserKeys:
-    return _keys(recent_key.removesuffix(":recent"))
+def keys_from_state(state_key: str) -> UserKeys:
+    return UserKeys(state_key.removesuffix(":state"))
 
 
-# ---- recent window ------------------------------------------------------------------------------
-@dataclass
-class Recent:
-    next_seq: int  # events ever appended for this user: the state sequence number
-    history_seq: int  # next_seq at the last change of the history (tokens are stamped with it)
-    recent_len: int
-    bucket_size: int
-    events: list[Event]  # oldest first
+def ids_key(prefix: str) -> str:
+    return f"{prefix}:v{SCHEMA}:ids"
 
 
+def meta_key(prefix: str) -> str:
+    return f"{prefix}:v{SCHEMA}:meta"
+
+
+def _head(blob: bytes, head: struct.Struct, what: str) -> tuple:  # type: ignore[type-arg]
+    if len(blob) < head.size or blob[0] != FORMAT:
+        raise CorruptValue(f"{what}: format {blob[:1].hex() or 'empty'}, expected {FORMAT:02x}")
+    return head.unpack_from(blob)
+
+
+# ---- events ------------------------------------------------------------------------------------
 def encode_events(events: list[Event]) -> bytes:
     """Events as EVENT records; a concatenation of encodings decodes as the concatenated list."""
     return np.array([(e.ts, e.seq, e.item, e.action) for e in events], EVENT).tobytes()
 
 
 def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
+    if count < 0 and (len(blob) - offset) % EVENT.itemsize:
+        raise CorruptValue(f"event records: {len(blob) - offset} bytes is not a multiple of {EVENT.itemsize}")
     rec = np.frombuffer(blob, EVENT, count, offset)
-    return list(map(Event._make, rec.tolist()))  # tolist() already yields Python ints
+    return list(map(Event._make, rec.tolist()))
 
 
-def encode_recent(r: Recent) -> bytes:
-    head = _RECENT_HEAD.pack(SCHEMA, r.next_seq, r.history_seq, r.recent_len, r.bucket_size)
-    return head + encode_events(r.events)
+# ---- the state: recent window + raw buckets -----------------------------------------------------
+@dataclass
+class State:
+    """One user's truth, in store ids. ``buckets`` maps a category to its items oldest first, as
+    ((ts, seq), item) entries: only the newest entry's seq is stored (the order of the entries gives
+    the rest of the key; see docs/STORE.md), so decoded older entries carry negative stand-in seqs."""
+
+    kind: int
+    recent_len: int
+    bucket_size: int
+    next_seq: int = 0  # events ever appended: the state's sequence number
+    history_seq: int = 0  # next_seq at the last change of the history (derived state is stamped with it)
+    history_len: int = 0  # memory compressor: events in `hist`
+    recent: list[Event] = field(default_factory=list)  # oldest first
+    buckets: dict[int, list[tuple[tuple[int, int], int]]] = field(default_factory=dict)
 
 
-def decode_recent(blob: bytes) -> Recent:
-    fmt, next_seq, history_seq, length, g = _RECENT_HEAD.unpack_from(blob)
-    if fmt != SCHEMA:
-        raise ValueError(f"recent window format {fmt}, expected {SCHEMA}")
-    return Recent(next_seq, history_seq, length, g, decode_events(blob, _RECENT_HEAD.size))
+def encode_state(s: State) -> bytes:
+    parts = [
+        _STATE_HEAD.pack(
+            FORMAT,
+            s.kind,
+            s.recent_len,
+            s.bucket_size,
+            len(s.recent),
+            len(s.buckets),
+            s.next_seq,
+            s.history_seq,
+            s.history_len,
+        ),
+        encode_events(s.recent),
+    ]
+    for cat, entries in s.buckets.items():
+        parts.append(_BUCKET_HEAD.pack(cat, entries[-1][0][1], len(entries)))
+        parts.append(np.array([(ts, item) for (ts, _), item in entries], BUCKET_ITEM).tobytes())
+    return b"".join(parts)
 
 
-# ---- raw buckets --------------------------------------------------------------------------------
-def encode_bucket(entries: list[tuple[tuple[int, int], int]]) -> bytes:
-    """[((ts, seq), item)] oldest first -> bytes."""
-    return np.array([(ts, seq, item) for (ts, seq), item in entries], BUCKET_ITEM).tobytes()
+def decode_state(blob: bytes) -> State:
+    fmt, kind, length, g, n_recent, n_buckets, next_seq, history_seq, history_len = _head(
+        blob, _STATE_HEAD, "state"
+    )
+    try:
+        off = _STATE_HEAD.size
+        recent = decode_events(blob, off, n_recent)
+        off += n_recent * EVENT.itemsize
+        buckets: dict[int, list[tuple[tuple[int, int], int]]] = {}
+        for _ in range(n_buckets):
+            cat, newest_seq, n = _BUCKET_HEAD.unpack_from(blob, off)
+            off += _BUCKET_HEAD.size
+            rows = np.frombuffer(blob, BUCKET_ITEM, n, off).tolist()
+            off += n * BUCKET_ITEM.itemsize
+            # Older entries get negative stand-in seqs (-n+1 .. -1): they keep the stored order and
+            # sort below every real seq at an equal timestamp, which is where any event that can
+            # still join this bucket belongs (docs/STORE.md, "Values"); the newest keeps its own.
+            buckets[cat] = [
+                ((ts, newest_seq if j == n - 1 else j - n + 1), item) for j, (ts, item) in enumerate(rows)
+            ]
+    except (struct.error, ValueError) as exc:
+        raise CorruptValue(f"state: truncated ({exc})") from None
+    if off != len(blob):
+        raise CorruptValue(f"state: {len(blob) - off} trailing bytes")
+    return State(kind, length, g, next_seq, history_seq, history_len, recent, buckets)
 
 
-def decode_bucket(blob: bytes) -> list[tuple[tuple[int, int], int]]:
-    return [((t, s), i) for t, s, i in np.frombuffer(blob, BUCKET_ITEM).tolist()]
+def state_head(blob: bytes | None) -> bytes:
+    """The bytes the append script compares (b"" for a user with no state yet)."""
+    return blob[:STATE_HEAD_BYTES] if blob else b""
 
 
-# ---- history tokens -----------------------------------------------------------------------------
+# ---- history tokens (derived, one key per model version) ----------------------------------------
 @dataclass
 class Tokens:
-    """History tokens of the top V buckets, most recently active first."""
+    """History tokens, most recently active bucket first, for one model version and history state."""
 
-    version: str  # model version (bundle content hash) the tokens were computed with
-    history_seq: int  # Recent.history_seq of the state they were computed from
-    categories: np.ndarray  # (n,) int32
-    newest: np.ndarray  # (n, 2) int64: (ts, seq) of each bucket's newest item, for ordering
-    items: np.ndarray  # (n, G) int32, newest first, 0-padded: kept so a new model can recompute
+    version: str  # model version (bundle content hash)
+    history_seq: int  # State.history_seq they were computed from
+    categories: np.ndarray  # (n,) store category ids (0 for memory slots)
+    newest: np.ndarray  # (n, 2) (ts, seq) of each bucket's newest item: its token's timestamp, its rank
     tokens: np.ndarray  # (n, D) float32
+    exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # memory: seen items
 
 
 def encode_tokens(t: Tokens) -> bytes:
-    n, g = t.items.shape
-    d = t.tokens.shape[1] if t.tokens.ndim == 2 else 0
-    head = _TOK_HEAD.pack(SCHEMA, t.version.encode()[:16], t.history_seq, n, g, d)
+    n, d = t.tokens.shape
+    rows = np.zeros(n, _TOK_ROW)
+    rows["category"], rows["ts"], rows["seq"] = t.categories, t.newest[:, 0], t.newest[:, 1]
     return b"".join(
         [
-            head,
-            t.categories.astype("<i4").tobytes(),
-            t.newest.astype("<i8").tobytes(),
-            t.items.astype("<i4").tobytes(),
+            _TOK_HEAD.pack(FORMAT, t.version.encode()[:16], t.history_seq, n, d),
+            rows.tobytes(),
             t.tokens.astype("<f4").tobytes(),
+            struct.pack("<I", len(t.exclude)),
+            np.asarray(t.exclude, "<u4").tobytes(),
         ]
     )
 
 
 def decode_tokens(blob: bytes) -> Tokens:
-    fmt, version, history_seq, n, g, d = _TOK_HEAD.unpack_from(blob)
-    if fmt != SCHEMA:
-        raise ValueError(f"token format {fmt}, expected {SCHEMA}")
+    _, version, history_seq, n, d = _head(blob, _TOK_HEAD, "tokens")
     off = _TOK_HEAD.size
-    cats = np.frombuffer(blob, "<i4", n, off)
-    off += 4 * n
-    newest = np.frombuffer(blob, "<i8", 2 * n, off).reshape(n, 2)
-    off += 16 * n
-    items = np.frombuffer(blob, "<i4", n * g, off).reshape(n, g)
-    off += 4 * n * g
-    tokens = np.frombuffer(blob, "<f4", n * d, off).reshape(n, d)
-    return Tokens(version.rstrip(b"\0").decode(), history_seq, cats, newest, items, tokens)
+    try:
+        rows = np.frombuffer(blob, _TOK_ROW, n, off)
+        off += n * _TOK_ROW.itemsize
+        tokens = np.frombuffer(blob, "<f4", n * d, off).reshape(n, d)
+        off += 4 * n * d
+        (m,) = struct.unpack_from("<I", blob, off)
+        exclude = np.frombuffer(blob, "<u4", m, off + 4)
+    except (struct.error, ValueError) as exc:
+        raise CorruptValue(f"tokens: truncated ({exc})") from None
+    newest = np.stack([rows["ts"], rows["seq"]], axis=1).astype(np.int64)
+    return Tokens(
+        version.rstrip(b"\0").decode(),
+        history_seq,
+        rows["category"].astype(np.int64),
+        newest,
+        tokens,
+        exclude,
+    )
 
 
-# ---- memory compressor --------------------------------------------------------------------------
+# ---- the query state (derived, one key per model version) ---------------------------------------
+@dataclass
+class Query:
+    """The ranking graph's unit-norm query vector for a user: valid while the state's next seq is
+    the one it was computed at."""
+
+    version: str
+    next_seq: int
+    vector: np.ndarray  # (D,) float32
+
+
+def encode_query(q: Query) -> bytes:
+    head = _QUERY_HEAD.pack(FORMAT, q.version.encode()[:16], q.next_seq, len(q.vector))
+    return head + q.vector.astype("<f4").tobytes()
+
+
+def decode_query(blob: bytes) -> Query:
+    _, version, next_seq, d = _head(blob, _QUERY_HEAD, "query state")
+    if len(blob) != _QUERY_HEAD.size + 4 * d:
+        raise CorruptValue(f"query state: {len(blob)} bytes for D={d}")
+    return Query(version.rstrip(b"\0").decode(), next_seq, np.frombuffer(blob, "<f4", d, _QUERY_HEAD.size))
+
+
+# ---- memory compressor (derived, one key per model version) --------------------------------------
 @dataclass
 class MemoryRecord:
     """The folded memory of one user for one model version: M_k after ``folded`` history events,
     plus the open segment (the history events after them, fewer than S)."""
 
     version: str
-    history_seq: int  # Recent.history_seq of the state it was computed from
+    history_seq: int
     folded: int  # history events folded into ``memory`` (a multiple of S)
     last_key: tuple[int, int]  # (ts, seq) of the newest history event
     memory: np.ndarray  # (C, D) float32
-    open_events: list[Event]  # oldest first
+    open_events: list[Event]  # oldest first, store ids
 
 
 def encode_memory(m: MemoryRecord) -> bytes:
     c, d = m.memory.shape
     head = _MEM_HEAD.pack(
-        SCHEMA, m.version.encode()[:16], m.history_seq, m.folded, *m.last_key, c, d, len(m.open_events)
+        FORMAT, m.version.encode()[:16], m.history_seq, m.folded, *m.last_key, c, d, len(m.open_events)
     )
     return head + m.memory.astype("<f4").tobytes() + encode_events(m.open_events)
 
 
 def decode_memory(blob: bytes) -> MemoryRecord:
-    fmt, version, history_seq, folded, ts, seq, c, d, n_open = _MEM_HEAD.unpack_from(blob)
-    if fmt != SCHEMA:
-        raise ValueError(f"memory format {fmt}, expected {SCHEMA}")
+    _, version, history_seq, folded, ts, seq, c, d, n_open = _head(blob, _MEM_HEAD, "memory")
     off = _MEM_HEAD.size
-    memory = np.frombuffer(blob, "<f4", c * d, off).reshape(c, d)
-    events = decode_events(blob, off + 4 * c * d, n_open)
+    try:
+        memory = np.frombuffer(blob, "<f4", c * d, off).reshape(c, d)
+        events = decode_events(blob, off + 4 * c * d, n_open)
+    except ValueError as exc:
+        raise CorruptValue(f"memory: truncated ({exc})") from None
     return MemoryRecord(version.rstrip(b"\0").decode(), history_seq, folded, (ts, seq), memory, events)

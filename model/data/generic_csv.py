@@ -40,12 +40,18 @@ def read_item_categories(path: Path) -> dict[str, list[str]]:
     return {item: [c for c in cats.split("|") if c] for _, (item, cats) in _records(path, ITEM_COLUMNS)}
 
 
-def load_csv(data_dir: Path, min_events: int = 5, items_csv: Path | None = None) -> Dataset:
+def load_csv(
+    data_dir: Path, min_events: int = 5, items_csv: Path | None = None, min_rating: float | None = None
+) -> Dataset:
+    """``min_rating``: the actions are ratings; keep only events rated at least this (as the
+    MovieLens adapters do). None keeps every event whatever its action."""
     events = data_dir / "events.csv"
     rows = []
     for lineno, (user, item, action, ts) in _records(events, EVENT_COLUMNS):
         if not action.strip():
             raise DatasetError(f"{events}:{lineno}: action is empty")
+        if min_rating is not None and parse_number(events, lineno, "action (a rating)", action) < min_rating:
+            continue
         rows.append((user, item, action.strip(), int(parse_number(events, lineno, "timestamp", ts))))
     items_path = items_csv or data_dir / "items.csv"
     categories = read_item_categories(items_path) if items_path.is_file() else {}

@@ -1,7 +1,7 @@
 """MovieLens adapters: ml-100k, ml-1m and ml-20m (the last format also serves ml-latest[-small]).
 
-Positives are ratings >= ``min_rating``; the action is the rating value; genres are categories
-(many-to-many).
+Events are ratings >= ``min_rating`` (4: the positives; 0: every rating); the action is the rating
+value; genres are categories (many-to-many); titles go into ``extras["titles"]`` for the bundle.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def load_ml_100k(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -
     for lineno, (name, idx) in read_rows(data_dir / "u.genre", "|", 2, encoding="latin-1"):
         genre_names[int(parse_number(data_dir / "u.genre", lineno, "genre index", idx))] = name
     genres: dict[str, list[str]] = {}
+    titles: dict[str, str] = {}
     items_path = data_dir / "u.item"
     for lineno, parts in read_rows(items_path, "|", 0, encoding="latin-1"):
         flags = parts[5:]
@@ -40,17 +41,17 @@ def load_ml_100k(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -
             )
         # 'unknown' (index 0) is not a genre: such items go to the UNCATEGORIZED bucket.
         genres[parts[0]] = [genre_names[g] for g, f in enumerate(flags) if f == "1" and g != 0]
-    return build_dataset("ml-100k", rows, genres, min_events)
+        titles[parts[0]] = parts[1]
+    return build_dataset("ml-100k", rows, genres, min_events, extras={"titles": titles})
 
 
 def load_ml_1m(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -> Dataset:
     ratings = data_dir / "ratings.dat"
     rows = _rating_rows(ratings, read_rows(ratings, "::", 4, encoding="latin-1"), min_rating)
-    genres = {
-        item: [g for g in names.split("|") if g]
-        for _, (item, _title, names) in read_rows(data_dir / "movies.dat", "::", 3, encoding="latin-1")
-    }
-    return build_dataset("ml-1m", rows, genres, min_events)
+    movies = [parts for _, parts in read_rows(data_dir / "movies.dat", "::", 3, encoding="latin-1")]
+    genres = {item: [g for g in names.split("|") if g] for item, _title, names in movies}
+    titles = {item: title for item, title, _names in movies}
+    return build_dataset("ml-1m", rows, genres, min_events, extras={"titles": titles})
 
 
 def _csv_records(path: Path, fields: int) -> list[tuple[int, list[str]]]:
@@ -74,8 +75,10 @@ def _csv_records(path: Path, fields: int) -> list[tuple[int, list[str]]]:
 def load_ml_20m(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -> Dataset:
     ratings = data_dir / "ratings.csv"
     rows = _rating_rows(ratings, _csv_records(ratings, 4), min_rating)
+    movies = [parts for _, parts in _csv_records(data_dir / "movies.csv", 3)]
     genres = {
         item: [g for g in names.split("|") if g and g != "(no genres listed)"]
-        for _, (item, _title, names) in _csv_records(data_dir / "movies.csv", 3)
+        for item, _title, names in movies
     }
-    return build_dataset("ml-20m", rows, genres, min_events)
+    titles = {item: title for item, title, _names in movies}
+    return build_dataset("ml-20m", rows, genres, min_events, extras={"titles": titles})

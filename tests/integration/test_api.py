@@ -74,12 +74,11 @@ def test_exclude_seen_leaves_out_the_recent_window(api, tiny_dataset) -> None:  
 
 def test_duplicate_event_ids_are_counted_once(api) -> None:  # type: ignore[no-untyped-def]
     ev = {"user_id": "dup", "item_id": "i1", "action": "view", "event_id": "e-1"}
-    assert post(api, "/events", {"events": [ev, ev]}).json() == {
-        "accepted": 1,
-        "duplicates": 1,
-        "invalid": [],
-    }
-    assert post(api, "/events", {"events": [ev]}).json() == {"accepted": 0, "duplicates": 1, "invalid": []}
+    first = post(api, "/events", {"events": [ev, ev]}).json()
+    assert (first["accepted"], first["duplicates"], first["invalid"]) == (1, 1, [])
+    assert first["users"] == [{"user_id": "dup", "accepted": 1, "duplicates": 1, "error": None}]
+    again = post(api, "/events", {"events": [ev]}).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 1)
 
 
 @pytest.mark.parametrize(
@@ -218,12 +217,48 @@ def test_auth(api, path, headers, status, message) -> None:  # type: ignore[no-u
 
 
 def test_keys_never_appear_in_logs(api) -> None:  # type: ignore[no-untyped-def]
-    post(api, "/recommend", {"user_id": "log"}, {"X-API-Key": "wrong-secret-key"})
-    post(api, "/events", {"events": [{"user_id": "log", "item_id": "i1", "action": "view"}]})
-    time.sleep(0.2)
+    """The service logs every request at DEBUG (the api fixture's level); first check that the
+    log really holds these requests, then that no key is in it."""
+    denied = post(api, "/recommend", {"user_id": "log"}, {"X-API-Key": "wrong-secret-key"})
+    assert denied.status_code == 401
+    ok = post(api, "/events", {"events": [{"user_id": "log", "item_id": "i1", "action": "view"}]})
+    time.sleep(0.3)
     log = api.log_path.read_text()
+    for r in (denied, ok):
+        assert f"[{r.headers['x-request-id']}]" in log  # the request was logged, with its id
+    assert "POST /recommend -> 401" in log
     for secret in (READ_KEY, WRITE_KEY, ADMIN_KEY, "wrong-secret-key"):
         assert secret not in log
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        (
+            "post",
+            "/events",
+            {"content": b"{not json", "headers": {**W, "content-type": "application/json"}},
+            400,
+        ),
+        ("post", "/recommend", {"json": {"user_id": "u"}}, 401),
+        (
+            "post",
+            "/events",
+            {"json": {"events": [{"user_id": "u", "item_id": "i1", "action": "view"}]}, "headers": R},
+            403,
+        ),
+        ("get", "/no-such-route", {}, 404),
+        ("get", "/recommend", {}, 405),
+        ("post", "/events", {"content": b"x" * 70_000, "headers": W}, 413),
+        ("post", "/recommend", {"json": {"user_id": "u", "k": 0}, "headers": R}, 422),
+    ],
+)
+def test_every_error_has_the_problem_shape_and_a_request_id(api, method, path, kwargs, status) -> None:  # type: ignore[no-untyped-def]
+    r = getattr(httpx, method)(api.url + path, timeout=10, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["detail"]
+    assert body["request_id"] == r.headers["x-request-id"]
 
 
 def test_health_ready_metrics_model(api) -> None:  # type: ignore[no-untyped-def]
@@ -243,6 +278,9 @@ def test_health_ready_metrics_model(api) -> None:  # type: ignore[no-untyped-def
         "causerec_events_total",
         "causerec_errors_total",
         "causerec_model_info",
+        "causerec_query_cache_total",
+        "causerec_store_conflicts_total",
+        "causerec_store_token_builds_total",
     ):
         assert name in text
     assert httpx.get(api.url + "/openapi.json").json()["paths"].keys() >= {"/recommend", "/events"}
@@ -308,7 +346,7 @@ def test_corrupt_bundle_on_reload_is_rejected_and_old_model_keeps_serving(api, t
     import shutil
 
     bad = shutil.copytree(tiny_bundle, tmp_path / "bad")
-    (bad / "model.onnx").write_bytes(b"not a graph")
+    (bad / "encoder.onnx").write_bytes(b"not a graph")
     version = httpx.get(api.url + "/v1/model").json()["version"]
     r = httpx.post(
         api.url + "/admin/reload", json={"bundle": str(bad)}, headers={"X-API-Key": ADMIN_KEY}, timeout=60

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from service.store_codec import decode_recent, user_keys
+from service.store_codec import decode_state, user_keys
 from tests.integration.conftest import WRITE_KEY
 
 pytestmark = pytest.mark.integration
@@ -55,9 +55,9 @@ def test_100_clients_exact_counts(api, redis_server, shared) -> None:  # type: i
     expected = {u: users.count(u) * POSTS * PER_POST for u in set(users)}
     for user, count in expected.items():
         keys = user_keys("api", user)
-        recent = decode_recent(db.get(keys.recent))  # type: ignore[arg-type]
-        assert recent.next_seq == count  # exactly the unique events, in any commit order
+        state = decode_state(db.get(keys.state))  # type: ignore[arg-type]
+        assert state.next_seq == count  # exactly the unique events, in any commit order
         assert db.zcard(keys.dedup) == count
-        window = [e.ts for e in recent.events]
+        window = [e.ts for e in state.recent]
         assert window == sorted(window)
         assert len(set(window)) == len(window)  # no event stored twice

@@ -1,10 +1,12 @@
-"""The Redis store against a real redis-server and a real 3-master Redis Cluster: incremental ==
-batch, tokens == torch, concurrency. Every test runs on both."""
+"""The Redis store against real servers (a redis-server of each version in the matrix, and a real
+3-master Redis Cluster): incremental == batch, tokens == torch, compare-and-set concurrency,
+per-version derived state, bounds. Every test runs on every backend."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 
 import numpy as np
@@ -14,20 +16,30 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.bucketing import Event, bucketize, split_recent
+from model.bucketing import Event, UserState, bucketize, split_recent
 from model.train import load_model as load_torch_model
-from service.runtime import LoadedModel, load_model
-from service.store import NewEvent, Store
-from service.store_codec import decode_bucket, decode_recent, decode_tokens
-from tests.integration.stores import append_in_chunks, event_streams, like, processes, run, with_store
+from service.runtime import load_engine
+from service.store import Store
+from service.store_codec import Query, decode_state, encode_query
+from service.user_state import NewEvent
+from tests.integration.stores import (
+    append_in_chunks,
+    event_streams,
+    like,
+    new_events,
+    run,
+    stored,
+    view_on,
+    with_store,
+)
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_bundle) -> LoadedModel:  # type: ignore[no-untyped-def]
-    return load_model(tiny_bundle, device="cpu")
+def engine(tiny_bundle):  # type: ignore[no-untyped-def]
+    return load_engine(tiny_bundle, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +50,11 @@ def torch_model(tiny_run):  # type: ignore[no-untyped-def]
 async def _commands_processed(store: Store) -> tuple[int, int]:
     """(commands processed over all nodes, number of nodes: each counts the INFO itself once)."""
     if isinstance(store.redis, aioredis.RedisCluster):
-        infos = await store.redis.info("stats", target_nodes=aioredis.RedisCluster.ALL_NODES)
-        return sum(i["total_commands_processed"] for i in infos.values()), len(infos)
-    return (await store.redis.info("stats"))["total_commands_processed"], 1
-
-
-async def _raw_state(store: Store, user: str) -> tuple:  # type: ignore[type-arg]
-    k = store.keys(user)
-    recent = decode_recent(await store.redis.get(k.recent))
-    buckets = {int(c): decode_bucket(b) for c, b in (await store.redis.hgetall(k.buckets)).items()}
-    tok = await store.redis.get(k.tokens)
-    return recent, buckets, decode_tokens(tok) if tok else None
+        infos = await store.redis.info("commandstats", target_nodes=aioredis.RedisCluster.ALL_NODES)
+        calls = [sum(v["calls"] for k, v in i.items() if k.startswith("cmdstat_")) for i in infos.values()]
+        return sum(calls), len(infos)
+    info = await store.redis.info("commandstats")
+    return sum(v["calls"] for k, v in info.items() if k.startswith("cmdstat_")), 1
 
 
 def _expected_tokens(torch_model, buckets) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -61,59 +67,64 @@ def _expected_tokens(torch_model, buckets) -> np.ndarray:  # type: ignore[no-unt
         return torch_model.history_tokens(items, cats)[0, : len(buckets)].numpy()
 
 
-def _check_against_batch(loaded, torch_model, events: list[Event], recent, buckets, tokens) -> None:  # type: ignore[no-untyped-def]
-    v = loaded.view
-    history, window = split_recent(events, v.recent_len)
-    assert [(e.ts, e.item, e.action) for e in recent.events] == [(e.ts, e.item, e.action) for e in window]
-    every = bucketize(history, v.categories_of, num_buckets=10**6, bucket_size=v.bucket_size)
+def _check_against_batch(view, torch_model, events: list[Event], state, tokens) -> None:  # type: ignore[no-untyped-def]
+    """Store ids equal the bundle's ids on a fresh prefix, so the batch rule reads them as they are."""
+    history, window = split_recent(events, view.recent_len)
+    assert [(e.ts, e.item, e.action) for e in state.recent] == [(e.ts, e.item, e.action) for e in window]
+    every = bucketize(history, view.categories_of, num_buckets=10**6, bucket_size=view.bucket_size)
     assert {b.category: list(b.items) for b in every} == {
-        c: [i for _, i in reversed(b)] for c, b in buckets.items()
+        c: [i for _, i in reversed(b)] for c, b in state.buckets.items()
     }
-    top = every[: v.num_buckets]
+    top = every[: view.num_buckets]
     if not top:
-        assert tokens is None
+        assert tokens is None or state.history_seq == 0
         return
-    assert tokens.version == loaded.version
-    assert tokens.history_seq == recent.history_seq
+    assert (tokens.version, tokens.history_seq) == (view.version, state.history_seq)
     assert tokens.categories.tolist() == [b.category for b in top]
+    assert tokens.newest[:, 0].tolist() == [b.newest[0] for b in top]  # the tokens' timestamps
     np.testing.assert_allclose(tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=event_streams, chunk=st.integers(1, 7))
-def test_incremental_store_equals_batch_rule_and_torch_tokens(backend, loaded, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
+def test_incremental_store_equals_batch_rule_and_torch_tokens(backend, engine, torch_model, stream, chunk):  # type: ignore[no-untyped-def]
+    """Random streams with ties and late events, appended in random batches, leave in Redis exactly
+    what the batch rule gives for the whole stream, and tokens equal to the PyTorch model's."""
     user = f"prop-{next(_ids)}"
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        events = await append_in_chunks(store, loaded.view, user, stream, chunk, time.time())
+        view = await view_on(store, engine)
+        events = await append_in_chunks(store, view, user, stream, chunk, time.time())
         if not events:
             return
-        recent, buckets, tokens = await _raw_state(store, user)
-        assert recent.next_seq == len(events)
-        _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
+        state, tokens, _ = await stored(store, view, user)
+        assert state.next_seq == len(events)
+        _check_against_batch(view, torch_model, events, state, tokens)
 
     run(with_store(backend, "prop", go))
 
 
-def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
-    """50 writers x 20 single-event appends on one user, spread over 5 "processes" (stores with their
-    own write lock) so that WATCH conflicts really happen: 1,000 events, each exactly once."""
+def test_concurrent_writers_lose_nothing(backend, prefix, engine, torch_model):  # type: ignore[no-untyped-def]
+    """50 writers x 20 single-event appends on one user, spread over 5 stores (as 5 worker processes
+    would be): compare-and-set conflicts really happen, and 1,000 events land, each exactly once."""
     user = "hot-user"
     writers, per_writer = 50, 20
     ts = {(w, i): 1_000_000 + w * per_writer + i for w in range(writers) for i in range(per_writer)}
 
-    async def writer(store: Store, w: int) -> None:
-        store = processes(store)[w % 5]
-        for i in range(per_writer):
-            ev = NewEvent(user, 1 + (w * 7 + i) % 300, 1 + i % 2, ts[w, i], event_id=f"w{w}-{i}")
-            result = await store.append(loaded.view, [ev], now=time.time())
-            assert (result.accepted, result.duplicates) == (1, 0)
-
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        await asyncio.gather(*(writer(store, w) for w in range(writers)))
-        assert sum(s.conflicts for s in processes(store)) > 0  # the WATCH path really ran
-        recent, buckets, tokens = await _raw_state(store, user)
-        assert recent.next_seq == writers * per_writer
+        view = await view_on(store, engine)
+        stores = [store] + [like(store) for _ in range(4)]
+
+        async def writer(w: int) -> None:
+            for i in range(per_writer):
+                ev = NewEvent(user, 1 + (w * 7 + i) % 300, 1 + i % 2, ts[w, i], event_id=f"w{w}-{i}")
+                (out,) = await stores[w % 5].append(view, [ev], now=time.time())
+                assert (out.accepted, out.duplicates, out.error) == (1, 0, None)
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        assert sum(s.counters.conflicts for s in stores) > 0  # the compare-and-set path really ran
+        state, tokens, _ = await stored(store, view, user)
+        assert state.next_seq == writers * per_writer
         assert await store.redis.zcard(store.keys(user).dedup) == writers * per_writer
         # Distinct timestamps: the final state depends only on the set of events, not commit order.
         events = sorted(
@@ -125,106 +136,22 @@ def test_concurrent_writers_lose_nothing(backend, prefix, loaded, torch_model): 
             key=lambda e: e.ts,
         )
         events = [e._replace(seq=s) for s, e in enumerate(events)]
-        _check_against_batch(loaded, torch_model, events, recent, buckets, tokens)
-        # Replaying every event is a no-op.
+        _check_against_batch(view, torch_model, events, state, tokens)
         again = [
             NewEvent(user, 1, 1, ts[w, i], event_id=f"w{w}-{i}")
             for w in range(writers)
             for i in range(per_writer)
         ]
-        result = await store.append(loaded.view, again, now=time.time())
-        assert (result.accepted, result.duplicates) == (0, writers * per_writer)
-        assert (await _raw_state(store, user))[0].next_seq == writers * per_writer
+        (out,) = await store.append(view, again, now=time.time())  # replaying every event is a no-op
+        assert (out.accepted, out.duplicates) == (0, writers * per_writer)
+        assert (await stored(store, view, user))[0].next_seq == writers * per_writer
 
-    run(with_store(backend, prefix, go))
-
-
-def test_duplicate_event_ids_count_once_within_and_across_batches(backend, prefix, loaded):  # type: ignore[no-untyped-def]
-    async def go(store: Store):  # type: ignore[no-untyped-def]
-        batch = [
-            NewEvent("u1", 5, 1, 100, "a"),
-            NewEvent("u1", 6, 1, 101, "a"),
-            NewEvent("u1", 7, 1, 102, "b"),
-            NewEvent("u1", 8, 1, 103),
-        ]
-        first = await store.append(loaded.view, batch, now=1000.0)
-        assert (first.accepted, first.duplicates) == (3, 1)
-        second = await store.append(loaded.view, [NewEvent("u1", 9, 1, 104, "b")], now=1001.0)
-        assert (second.accepted, second.duplicates) == (0, 1)
-        # After the retention window the id is accepted again.
-        later = await store.append(loaded.view, [NewEvent("u1", 9, 1, 104, "b")], now=1000.0 + 86_401)
-        assert (later.accepted, later.duplicates) == (1, 0)
-        recent = decode_recent(await store.redis.get(store.keys("u1").recent))
-        assert [e.item for e in recent.events] == [5, 7, 8, 9]
-
-    run(with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go, max_buckets=None))
 
 
-def test_tokens_of_another_model_version_are_never_served(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    events = [NewEvent("u2", 1 + i * 13 % 300, 1, 10 * i) for i in range(40)]
-
-    async def go(store: Store):  # type: ignore[no-untyped-def]
-        await store.append(loaded.view, events, now=0.0)
-        other = replace(loaded.view, version="another-model00")
-        snap = (await store.read(other, ["u2"], now=0.0))[0]
-        assert snap.tokens is not None
-        assert snap.tokens.version == "another-model00"  # rebuilt, not the stored ones
-        _, _, stored = await _raw_state(store, "u2")
-        assert stored.version == "another-model00"  # and written back for the next read
-        # Reading with the original version rebuilds again, equal to the from-scratch tokens.
-        snap = (await store.read(loaded.view, ["u2"], now=0.0))[0]
-        history, _ = split_recent([Event(e.ts, s, e.item, e.action) for s, e in enumerate(events)], 8)
-        top = bucketize(history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size)
-        np.testing.assert_allclose(snap.tokens.tokens, _expected_tokens(torch_model, top), atol=1e-5)
-
-    run(with_store(backend, prefix, go))
-
-
-def test_read_is_one_pipeline_for_a_batch_and_unknown_users_are_empty(backend, prefix, loaded):  # type: ignore[no-untyped-def]
-    async def go(store: Store):  # type: ignore[no-untyped-def]
-        await store.append(
-            loaded.view, [NewEvent(f"r{i}", 3, 1, 50 + j) for i in range(5) for j in range(12)], now=0.0
-        )
-        before, nodes = await _commands_processed(store)
-        snaps = await store.read(loaded.view, [f"r{i}" for i in range(5)] + ["nobody"], now=0.0)
-        after, _ = await _commands_processed(store)
-        assert after - before == 2 * 6 + nodes  # two GETs per user (+ the INFO itself): no repair
-        assert [len(s.recent.events) for s in snaps[:5]] == [8] * 5
-        assert snaps[5].recent is None
-        assert snaps[5].tokens is None
-
-    run(with_store(backend, prefix, go))
-
-
-def test_bulk_recompute_moves_every_user_to_the_new_model(backend, prefix, loaded):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    events = [
-        NewEvent(f"bulk{u}", 1 + (u * 31 + i * 7) % 300, 1, 100 * i) for u in range(30) for i in range(20)
-    ]
-    new_model = replace(loaded.view, version="bulk-version-00")
-
-    async def go(store: Store):  # type: ignore[no-untyped-def]
-        await store.append(loaded.view, events, now=0.0)
-        assert await store.recompute_all(new_model, now=0.0, batch=7) == 30
-        for u in range(30):
-            _, _, tokens = await _raw_state(store, f"bulk{u}")
-            assert tokens.version == "bulk-version-00"
-        before, nodes = await _commands_processed(store)
-        await store.read(new_model, [f"bulk{u}" for u in range(30)], now=0.0)
-        after, _ = await _commands_processed(store)
-        assert after - before == 2 * 30 + nodes  # fresh tokens: no rebuild on read
-
-    run(with_store(backend, prefix, go))
-
-
-def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix, loaded):  # type: ignore[no-untyped-def]
-    """20 concurrent batches of 30 events over the same 10 users from 5 "processes": batches conflict,
-    fall back to per-user transactions, and every event lands exactly once."""
-    import random
-
+def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """20 concurrent batches of 30 events over the same 10 users from 5 stores: the users that
+    conflict are retried alone, and every event lands exactly once."""
     rng = random.Random(0)
     batches = [
         [NewEvent(f"o{rng.randrange(10)}", 1 + rng.randrange(300), 1, 1000 + b * 30 + i) for i in range(30)]
@@ -236,66 +163,169 @@ def test_concurrent_batches_over_overlapping_users_lose_nothing(backend, prefix,
             expected[e.user_id] = expected.get(e.user_id, 0) + 1
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        stores = processes(store)
+        view = await view_on(store, engine)
+        stores = [store] + [like(store) for _ in range(4)]
         results = await asyncio.gather(
-            *(stores[n % 5].append(loaded.view, b, now=0.0) for n, b in enumerate(batches))
+            *(stores[n % 5].append(view, b, now=0.0) for n, b in enumerate(batches))
         )
-        assert sum(r.accepted for r in results) == 600
-        assert sum(s.conflicts for s in stores) > 0  # the WATCH path really ran
+        assert sum(o.accepted for r in results for o in r) == 600
+        assert sum(s.counters.conflicts for s in stores) > 0
         for user, count in expected.items():
-            recent, _, _ = await _raw_state(store, user)
-            assert recent.next_seq == count
+            assert (await stored(store, view, user))[0].next_seq == count
 
     run(with_store(backend, prefix, go))
 
 
-def test_repair_of_already_fresh_tokens_hands_them_back(backend, prefix, loaded):  # type: ignore[no-untyped-def]
-    """A reader saw stale tokens, but a writer refreshed them before its repair ran: the repair must
-    return those tokens, not drop the user's history for the request."""
-    events = [NewEvent("fresh", 1 + i * 17 % 300, 1, 10 * i) for i in range(30)]
+def test_duplicate_event_ids_count_once_within_and_across_batches(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        batch = [
+            NewEvent("u1", 5, 1, 100, "a"),
+            NewEvent("u1", 6, 1, 101, "a"),
+            NewEvent("u1", 7, 1, 102, "b"),
+            NewEvent("u1", 8, 1, 103),
+        ]
+        (first,) = await store.append(view, batch, now=1000.0)
+        assert (first.accepted, first.duplicates) == (3, 1)
+        (second,) = await store.append(view, [NewEvent("u1", 9, 1, 104, "b")], now=1001.0)
+        assert (second.accepted, second.duplicates) == (0, 1)
+        # After the retention window the id is accepted again.
+        (later,) = await store.append(view, [NewEvent("u1", 9, 1, 104, "b")], now=1000.0 + 86_401)
+        assert (later.accepted, later.duplicates) == (1, 0)
+        assert [e.item for e in (await stored(store, view, "u1"))[0].recent] == [5, 7, 8, 9]
+
+    run(with_store(backend, prefix, go))
+
+
+def test_each_model_version_keeps_its_own_tokens(backend, prefix, engine, torch_model):  # type: ignore[no-untyped-def]
+    """Two versions reading the same user (a rolling update) each build their tokens once, in their
+    own key: neither overwrites the other, and later reads of either rebuild nothing."""
+    from dataclasses import replace
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
-        await store.append(loaded.view, events, now=0.0)
-        repaired = await store._transact(loaded.view, {store.keys("fresh"): []}, now=0.0)
-        assert repaired[0].new_tokens is not None
-        _, _, stored = await _raw_state(store, "fresh")
-        np.testing.assert_array_equal(repaired[0].new_tokens.tokens, stored.tokens)
+        view = await view_on(store, engine)
+        other = replace(view, version="another-model00")
+        events = new_events(view, "u2", [(10 * i, 1 + i * 13 % 300, 1) for i in range(40)])
+        await store.append(view, events, now=0.0)
+        assert store.counters.token_builds == 0  # the append built the served version's tokens
+        for _ in range(3):
+            for v in (view, other, view, other):
+                (read,) = await store.read(v, ["u2"])
+                assert read.tokens is not None
+                assert read.tokens.version == v.version
+        assert store.counters.token_builds == 1  # the other version's first read, and nothing after
+        _, mine, _ = await stored(store, view, "u2")
+        _, theirs, _ = await stored(store, other, "u2")
+        np.testing.assert_array_equal(mine.tokens, theirs.tokens)  # same weights here, separate keys
+        history, _ = split_recent([Event(e.ts, s, e.item, e.action) for s, e in enumerate(events)], 8)
+        top = bucketize(history, view.categories_of, view.num_buckets, view.bucket_size)
+        np.testing.assert_allclose(mine.tokens, _expected_tokens(torch_model, top), atol=1e-5)
+        ttl = await store.redis.ttl(store.keys("u2").tokens(other.version))
+        assert 0 < ttl <= store.derived_ttl_s  # a retired version's tokens expire by themselves
 
     run(with_store(backend, prefix, go))
 
 
-def test_reads_during_writes_never_see_a_torn_state(backend, prefix, loaded, torch_model):  # type: ignore[no-untyped-def]
-    """Readers racing one writer: every snapshot's tokens belong to the same state as its recent
-    window (the prefix of the stream that ends at the window's newest event), never a mix. On one
-    Redis node the two GETs of a read rarely interleave with a write, so the race is followed by
-    the torn state made on purpose: older tokens next to a newer window."""
+def test_a_fresh_read_is_one_round_trip_of_three_gets(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        await store.append(
+            view,
+            [e for i in range(5) for e in new_events(view, f"r{i}", [(50 + j, 3, 1) for j in range(12)])],
+            now=0.0,
+        )
+        before, nodes = await _commands_processed(store)
+        reads = await store.read(view, [f"r{i}" for i in range(5)] + ["nobody"])
+        after, _ = await _commands_processed(store)
+        assert after - before == 3 * 6 + nodes  # state, tokens, query per user (+ INFO): no rebuild
+        assert [len(r.state.recent) for r in reads[:5]] == [8] * 5
+        assert (reads[5].state, reads[5].tokens, reads[5].error) == (None, None, None)
+
+    run(with_store(backend, prefix, go))
+
+
+def test_cached_query_is_served_until_an_event_moves_the_user(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        await store.append(view, new_events(view, "q", [(i, 1 + i, 1) for i in range(20)]), now=0.0)
+        (read,) = await store.read(view, ["q"])
+        assert read.query is None
+        await store.write_queries(
+            view, [read], [Query(view.version, read.state.next_seq, np.ones(view.d_model, np.float32))]
+        )
+        (read,) = await store.read(view, ["q"])
+        assert read.query is not None
+        np.testing.assert_array_equal(read.query.vector, np.ones(view.d_model))
+        await store.append(view, new_events(view, "q", [(30, 5, 1)]), now=0.0)
+        (read,) = await store.read(view, ["q"])
+        assert read.query is None  # stale: computed at the previous sequence number
+        # A write computed from an older state is refused by the store (its state moved).
+        stale = Query(view.version, read.state.next_seq - 1, np.ones(view.d_model, np.float32))
+        old = type(read)(read.user_id, read.keys, read.state, head=b"\x02" + bytes(21))
+        await store.write_queries(view, [old], [stale])
+        assert await store.redis.get(read.keys.query(view.version)) == encode_query(
+            Query(view.version, 20, np.ones(view.d_model, np.float32))
+        )
+
+    run(with_store(backend, prefix, go))
+
+
+def test_bulk_recompute_builds_a_new_version_before_it_serves(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        new_model = replace(view, version="bulk-version-00")
+        await store.append(
+            view,
+            [
+                e
+                for u in range(30)
+                for e in new_events(
+                    view, f"bulk{u}", [(100 * i, 1 + (u * 31 + i * 7) % 300, 1) for i in range(20)]
+                )
+            ],
+            now=0.0,
+        )
+        assert await store.recompute_all(new_model, batch=7) == 30
+        for u in range(30):
+            assert (await stored(store, new_model, f"bulk{u}"))[1].version == "bulk-version-00"
+        builds = store.counters.token_builds
+        await store.read(new_model, [f"bulk{u}" for u in range(30)])
+        assert store.counters.token_builds == builds  # fresh tokens: no rebuild on read
+
+    run(with_store(backend, prefix, go))
+
+
+def test_reads_during_writes_never_see_a_torn_state(backend, prefix, engine, torch_model):  # type: ignore[no-untyped-def]
+    """Readers racing writers: every read's tokens belong to the same state as its recent window
+    (the prefix of the stream that ends at the window's newest event), never a mix. Then the torn
+    state made on purpose: older tokens stamped with an older history seq next to a newer state."""
     n_events = 80
-    stream = [Event(1000 + i, i, 1 + (i * 37) % 300, 1 + i % 2) for i in range(n_events)]
+    stream = [(1000 + i, 1 + (i * 37) % 300, 1 + i % 2) for i in range(n_events)]
     expected: dict[int, tuple[list[int], np.ndarray | None]] = {}
 
-    def expected_for(m: int) -> tuple[list[int], np.ndarray | None]:
+    def expected_for(m: int, view) -> tuple[list[int], np.ndarray | None]:  # type: ignore[no-untyped-def]
         if m not in expected:
-            history, _ = split_recent(stream[: m + 1], loaded.view.recent_len)
-            top = bucketize(
-                history, loaded.view.categories_of, loaded.view.num_buckets, loaded.view.bucket_size
-            )
-            cats = [b.category for b in top]
-            expected[m] = (cats, _expected_tokens(torch_model, top) if top else None)
+            events = [Event(ts, s, i, a) for s, (ts, i, a) in enumerate(stream[: m + 1])]
+            history, _ = split_recent(events, view.recent_len)
+            top = bucketize(history, view.categories_of, view.num_buckets, view.bucket_size)
+            expected[m] = ([b.category for b in top], _expected_tokens(torch_model, top) if top else None)
         return expected[m]
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
         done = asyncio.Event()
         checked = torn = 0
-
         old_tokens = b""
 
         async def writer() -> None:
             nonlocal old_tokens
-            writers = processes(store)
-            for i, e in enumerate(stream):  # single events from rotating "processes"
-                await writers[i % 5].append(loaded.view, [NewEvent("torn", e.item, e.action, e.ts)], 0.0)
+            writers = [store] + [like(store) for _ in range(4)]
+            for i, e in enumerate(new_events(view, "torn", stream)):
+                await writers[i % 5].append(view, [e], 0.0)
                 if i == n_events // 2:
-                    old_tokens = await store.redis.get(store.keys("torn").tokens)
+                    old_tokens = await store.redis.get(store.keys("torn").tokens(view.version))
             done.set()
 
         async def reader(r: Store, once: bool = False) -> None:
@@ -303,25 +333,71 @@ def test_reads_during_writes_never_see_a_torn_state(backend, prefix, loaded, tor
             for _ in range(10_000):  # bounded; ends when the writer is done
                 if done.is_set() and not once:
                     return
-                snap = (await r.read(loaded.view, ["torn"], now=0.0))[0]
-                if snap.recent is None:
+                (read,) = await r.read(view, ["torn"])
+                if read.state is None:
                     continue
-                m = snap.recent.events[-1].ts - 1000
-                cats, tokens = expected_for(m)
+                cats, tokens = expected_for(read.state.recent[-1].ts - 1000, view)
                 if tokens is None:
-                    torn += snap.tokens is not None
+                    torn += read.tokens is not None
                 else:
-                    ok = snap.tokens is not None and snap.tokens.categories.tolist() == cats
-                    torn += not (ok and np.allclose(snap.tokens.tokens, tokens, atol=1e-5))
+                    ok = read.tokens is not None and read.tokens.categories.tolist() == cats
+                    torn += not (ok and np.allclose(read.tokens.tokens, tokens, atol=1e-5))
                 checked += 1
                 if once:
                     return
 
         await asyncio.gather(writer(), *(reader(like(store)) for _ in range(4)))
         assert old_tokens
-        await store.redis.set(store.keys("torn").tokens, old_tokens)
+        await store.redis.set(store.keys("torn").tokens(view.version), old_tokens)
         await reader(store, once=True)
         assert checked > 50  # the readers really raced the writer
-        assert torn == 0, f"{torn} of {checked} snapshots mixed two states"
+        assert torn == 0, f"{torn} of {checked} reads mixed two states"
+
+    run(with_store(backend, prefix, go))
+
+
+def test_bounded_store_keeps_the_most_recent_categories_and_expires_idle_users(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """max_buckets keeps the most recently active categories (the rule's own bound, so the store
+    equals UserState with the same bound); user_ttl_s makes an idle user's keys expire."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        stream = [(i, 1 + (i * 53) % 300, 1) for i in range(400)]
+        events = await append_in_chunks(store, view, "b", stream, 37, 0.0)
+        state, _, _ = await stored(store, view, "b")
+        rule = UserState(view.recent_len, view.bucket_size, max_buckets=3, order=view.category_order)
+        for e in events:
+            rule.append(e, view.categories_of)
+        assert len(state.buckets) == 3
+        assert {c: [i for _, i in b] for c, b in state.buckets.items()} == {
+            c: [i for _, i in b] for c, b in rule.buckets.items()
+        }
+        for key in (store.keys("b").state, store.keys("b").tokens(view.version)):
+            assert 0 < await store.redis.ttl(key) <= 3600
+
+    run(with_store(backend, prefix, go, max_buckets=3, user_ttl_s=3600))
+
+
+def test_a_state_of_another_layout_fails_only_its_user(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        await store.append(
+            view, new_events(view, "ok", [(1, 2, 1)]) + new_events(view, "odd", [(1, 2, 1)]), now=0.0
+        )
+        blob = bytearray(await store.redis.get(store.keys("odd").state))
+        blob[2] = 99  # L = 99: written for another model
+        await store.redis.set(store.keys("odd").state, bytes(blob))
+        ok, odd = await store.read(view, ["ok", "odd"])
+        assert ok.error is None
+        assert ok.state is not None
+        assert "L=99" in str(odd.error)
+        outcomes = await store.append(
+            view, new_events(view, "ok", [(2, 3, 1)]) + new_events(view, "odd", [(2, 3, 1)]), now=0.0
+        )
+        assert [(o.user_id, o.accepted, o.error is None) for o in outcomes] == [
+            ("ok", 1, True),
+            ("odd", 0, False),
+        ]
+        assert decode_state(await store.redis.get(store.keys("odd").state)).recent_len == 99  # untouched
 
     run(with_store(backend, prefix, go))

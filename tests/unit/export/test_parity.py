@@ -20,18 +20,18 @@ from model.segments import SEGMENT_KEYS
 from model.train import load_model
 from service.bundle import load_bundle
 from service.engine import Engine, UserFeatures
-from service.memory_store import EXCLUDE_ITEMS, MemoryView, extend_job, run_folds
-from service.store_codec import MemoryRecord
+from service.ids import in_catalogue_order
+from service.memory_store import EXCLUDE_ITEMS, extend_job, run_folds
+from service.runtime import make_view
 
 
-def _features(inputs: dict[str, torch.Tensor | None], i: int, seen: np.ndarray) -> UserFeatures:
+def _features(inputs: dict[str, torch.Tensor | None], i: int) -> UserFeatures:
     m = inputs["mask"][i].numpy()  # type: ignore[index]
     user = UserFeatures(
         int(inputs["user_hash"][i]),  # type: ignore[index]
         inputs["items"][i].numpy()[m],  # type: ignore[index]
         inputs["actions"][i].numpy()[m],  # type: ignore[index]
         inputs["ts"][i].numpy()[m],  # type: ignore[index]
-        seen=seen,
     )
     if inputs["hist_tokens"] is not None:
         user.hist_tokens = inputs["hist_tokens"][i].numpy()
@@ -56,12 +56,14 @@ def assert_onnx_matches_torch(run, bundle, dataset, n_users: int) -> None:  # ty
         inputs = model_inputs(model, tensors)  # history tokens built as training builds them
         scores = model.score_all(**inputs).numpy()
     k = 20
-    users = []
+    users, seen = [], []
     for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
-        seen = builder.seen_items(int(row), int(end))[:5]  # exclusions travel through the graph too
-        scores[i, seen] = -np.inf
-        users.append(_features(inputs, i, seen))
-    ranked = engine.rank(users, k)
+        seen.append(builder.seen_items(int(row), int(end))[:5])  # exclusions travel through the graph too
+        scores[i, seen[-1]] = -np.inf
+        users.append(_features(inputs, i))
+    queries = engine.encode(users)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    ranked = engine.score(queries, seen, k)
     assert len(ranked) == n_users
     worst = 0.0
     for i, r in enumerate(ranked):
@@ -73,7 +75,7 @@ def assert_onnx_matches_torch(run, bundle, dataset, n_users: int) -> None:  # ty
             set(r.items) == set(np.argsort(-scores[i], kind="stable")[:k])
             or scores[i, r.items].min() >= expected[-1] - 1e-4
         )
-        assert not set(r.items) & set(users[i].seen.tolist())
+        assert not set(r.items) & set(seen[i].tolist())
     assert worst <= 1e-4
 
 
@@ -110,16 +112,17 @@ def test_store_path_memory_tokens_match_torch(memory_run, memory_bundle, tiny_da
     equals the memory the model folds over the whole history."""
     model = load_model(memory_run)
     engine = Engine(load_bundle(memory_bundle), device="cpu")
-    view = MemoryView(model.cfg.segment_len, engine.initial_memory, engine.fold)
+    store_view = make_view(engine, in_catalogue_order(engine.bundle.catalog))  # store ids = model ids
+    view = store_view.memory
+    assert view is not None
     builder = SampleBuilder(tiny_dataset, model.cfg)
     for row in range(0, 40):
         end = int(tiny_dataset.user_offsets[row + 1])
         history, _ = split_recent(builder.events_before(row, end), model.cfg.recent_len)
-        record, exclude = MemoryRecord("v", 0, 0, (0, 0), view.initial, []), []
-        tokens = None
+        record, tokens, exclude = None, None, []
         for e in history:
-            record, tokens = run_folds(view, "v", [extend_job(view, record, exclude, [e], 1)])[0]
-            exclude = [int(i) for i in tokens.items.ravel() if i]
+            record, tokens = run_folds(store_view, [extend_job(view, record, tokens, [e], 1)])[0]
+            exclude = [int(i) for i in tokens.exclude]
         tensors = to_tensors(builder.batch(np.array([row]), np.array([end]), with_targets=False), "cpu")
         with torch.no_grad():
             expected = model_inputs(model, tensors)["hist_tokens"][0].numpy()  # type: ignore[index]
@@ -169,10 +172,10 @@ def test_io_binding_path_gives_the_same_top_k(tiny_bundle, tiny_dataset):  # typ
             rng.integers(1, 300, n),
             rng.integers(1, 3, n),
             np.sort(rng.integers(0, 10**6, n)),
-            seen=rng.integers(1, 300, 3),
         )
         for n in (0, 3, 8)
     ]
-    for a, b in zip(plain.rank(users, 10), bound.rank(users, 10), strict=True):
+    seen = [rng.integers(1, 300, 3) for _ in users]
+    for a, b in zip(plain.rank(users, seen, 10), bound.rank(users, seen, 10), strict=True):
         np.testing.assert_array_equal(a.items, b.items)
         np.testing.assert_array_equal(a.scores, b.scores)

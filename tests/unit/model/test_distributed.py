@@ -16,7 +16,7 @@ ARGS = [
     *("--dataset", "synthetic", "--synthetic-users", "120", "--synthetic-items", "200"),
     *("--synthetic-events", "30", "--mode", "cause", "--recent-len", "8", "--buckets", "4"),
     *("--bucket-size", "8", "--d-model", "32", "--layers", "2", "--heads", "4", "--dropout", "0"),
-    *("--epochs", "3", "--patience", "5", "--batch-size", "32", "--negatives", "50", "--seed", "3"),
+    *("--epochs", "3", "--patience", "5", "--batch-targets", "256", "--negatives", "50", "--seed", "3"),
 ]
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from model.cause import model_inputs
-from model.config import TOKEN_LAYOUTS
+from model.config import TOKEN_LAYOUTS, TrainConfig
 from model.evaluate import to_tensors
 from model.samples import SampleBuilder
-from model.train import TrainConfig, build_model, train
+from model.train import build_model, train
 from tests.conftest import TINY_MODEL
 from tests.unit.export.test_parity import assert_onnx_matches_torch
 
@@ -80,10 +80,11 @@ def test_one_token_per_event_halves_the_sequence(tiny_dataset) -> None:  # type:
         "stacked": 1 + 4 + 8,
         "late-fusion": 1 + 4 + 8,
         "attn-mvp": 1 + 4 + 8,
+        "items": 1 + 4 + 8,
     }
 
 
-@pytest.mark.parametrize("layout", ["stacked", "late-fusion", "attn-mvp"])
+@pytest.mark.parametrize("layout", ["stacked", "late-fusion", "attn-mvp", "items"])
 def test_layout_trains_exports_and_matches_onnx(tiny_dataset, tmp_path, layout) -> None:  # type: ignore[no-untyped-def]
     from export.bundle import export_bundle
     from service.bundle import load_bundle
@@ -92,11 +93,12 @@ def test_layout_trains_exports_and_matches_onnx(tiny_dataset, tmp_path, layout) 
     result = train(
         tiny_dataset,
         {**TINY_MODEL, "token_layout": layout},
-        TrainConfig(epochs=2, seed=0, samples_per_user=2),
+        TrainConfig(epochs=2, seed=0, warmup_steps=10),
         run,
         progress=False,
     )
-    assert result["history"][-1]["item_loss"] < result["history"][0]["item_loss"] + 0.5
+    first, last = result["history"][0]["item_loss"], result["history"][-1]["item_loss"]
+    assert last < 0.9 * first, (first, last)  # measured: 9.2 -> 6.7 in 2 epochs
     export_bundle(run, tmp_path / "bundle")
     assert load_bundle(tmp_path / "bundle").manifest.token_layout == layout
     assert_onnx_matches_torch(run, tmp_path / "bundle", tiny_dataset, 40)

@@ -12,7 +12,7 @@ import pytest
 from model.bundle_format import file_sha256
 from service.bundle import load_bundle
 from service.errors import BundleError
-from service.runtime import load_model
+from service.runtime import load_engine
 
 
 @pytest.fixture
@@ -28,9 +28,21 @@ def _edit_manifest(bundle: Path, **changes: object) -> None:
 
 
 def test_a_good_bundle_loads_from_a_copied_location(bundle_copy: Path) -> None:
-    model = load_model(bundle_copy, device="cpu")  # paths are relative: a moved bundle still loads
-    assert model.version == json.loads((bundle_copy / "manifest.json").read_text())["version"]
-    assert model.engine.device == "cpu"
+    engine = load_engine(bundle_copy, device="cpu")  # paths are relative: a moved bundle still loads
+    assert engine.bundle.version == json.loads((bundle_copy / "manifest.json").read_text())["version"]
+    assert engine.device == "cpu"
+
+
+def test_a_bundle_is_readable_by_every_user(tiny_bundle: Path) -> None:
+    """A serving container runs as another user than the one who exported the bundle."""
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o755
+    assert {f.stat().st_mode & 0o777 for f in tiny_bundle.iterdir()} == {0o644}
+
+
+def test_a_bundle_of_the_previous_format_is_refused_with_what_to_do(bundle_copy: Path) -> None:
+    _edit_manifest(bundle_copy, format_version=1)
+    with pytest.raises(BundleError, match="bundle format 1, this service reads format 2"):
+        load_bundle(bundle_copy)
 
 
 def test_missing_file(bundle_copy: Path) -> None:
@@ -40,10 +52,10 @@ def test_missing_file(bundle_copy: Path) -> None:
 
 
 def test_corrupt_graph_fails_its_checksum(bundle_copy: Path) -> None:
-    with (bundle_copy / "model.onnx").open("r+b") as fh:
+    with (bundle_copy / "encoder.onnx").open("r+b") as fh:
         fh.seek(100)
         fh.write(b"\x00\x01\x02\x03")
-    with pytest.raises(BundleError, match=r"model\.onnx: checksum does not match"):
+    with pytest.raises(BundleError, match=r"encoder\.onnx: checksum does not match"):
         load_bundle(bundle_copy)
 
 
@@ -82,9 +94,9 @@ def test_a_memory_bundle_carries_the_fold_graph_and_its_initial_memory(memory_bu
     assert manifest["bucket_size"] == 0  # the store keeps the whole history, not buckets
     assert {"fold.onnx", "memory_init.npy"} <= set(manifest["files"])
     assert "history.onnx" not in manifest["files"]
-    model = load_model(memory_bundle, device="cpu")
-    assert model.view.memory is not None
-    assert model.view.memory.initial.shape == (4, manifest["d_model"])
+    engine = load_engine(memory_bundle, device="cpu")
+    assert engine.folder is not None
+    assert engine.initial_memory.shape == (4, manifest["d_model"])
 
 
 def test_a_memory_bundle_without_its_fold_graph_is_refused(memory_bundle: Path, tmp_path: Path) -> None:
@@ -102,4 +114,4 @@ def test_an_initial_memory_of_the_wrong_shape_is_refused(memory_bundle: Path, tm
     files = json.loads((copy / "manifest.json").read_text())["files"]
     _edit_manifest(copy, files={**files, "memory_init.npy": file_sha256(copy / "memory_init.npy")})
     with pytest.raises(BundleError, match=r"memory_init\.npy: float32\[3, 5\], expected float32\[4, "):
-        load_model(copy, device="cpu")
+        load_engine(copy, device="cpu")

@@ -1,76 +1,141 @@
 """Golden tests: the exact key strings and value bytes stored in Redis. Changing them breaks every
-deployed store, so a change here must come with a new schema version and a migration."""
+deployed store, so a change here must come with a new schema version and a migration. Each value
+starts with the format byte (02) and is pinned byte for byte, then decoded back."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from model.bucketing import Event
 from service.store_codec import (
-    Recent,
+    KIND_BUCKETS,
+    CorruptValue,
+    MemoryRecord,
+    Query,
+    State,
     Tokens,
-    decode_bucket,
-    decode_recent,
+    decode_events,
+    decode_memory,
+    decode_query,
+    decode_state,
     decode_tokens,
-    encode_bucket,
-    encode_recent,
+    encode_events,
+    encode_memory,
+    encode_query,
+    encode_state,
     encode_tokens,
+    ids_key,
+    keys_from_state,
+    meta_key,
+    state_head,
     user_keys,
 )
+
+VERSION = "0123456789abcdef"
 
 
 def test_key_layout_and_hash_tags() -> None:
     k = user_keys("causerec", "u42")
-    assert (k.recent, k.buckets, k.tokens, k.dedup) == (
-        "causerec:v1:{u:u42}:recent",
-        "causerec:v1:{u:u42}:buckets",
-        "causerec:v1:{u:u42}:tok",
-        "causerec:v1:{u:u42}:dedup",
+    assert (k.state, k.history, k.dedup) == (
+        "causerec:v2:{u:u42}:state",
+        "causerec:v2:{u:u42}:hist",
+        "causerec:v2:{u:u42}:dedup",
     )
+    assert (k.tokens(VERSION), k.memory(VERSION), k.query(VERSION)) == (
+        "causerec:v2:{u:u42}:tok:0123456789abcdef",
+        "causerec:v2:{u:u42}:mem:0123456789abcdef",
+        "causerec:v2:{u:u42}:q:0123456789abcdef",
+    )
+    assert (ids_key("causerec"), meta_key("causerec")) == ("causerec:v2:ids", "causerec:v2:meta")
+    assert keys_from_state(k.state) == k
 
 
 def test_unsafe_ids_are_hashed_so_braces_cannot_move_the_tag() -> None:
     k = user_keys("causerec", "a}b{c")
-    assert k.recent == "causerec:v1:{h:" + k.recent.split("{h:")[1]
-    assert "a}b" not in k.recent
-    assert user_keys("causerec", "x" * 129).recent != user_keys("causerec", "x" * 130).recent
+    assert k.state == "causerec:v2:{h:" + k.state.split("{h:")[1]
+    assert "a}b" not in k.state
+    assert user_keys("causerec", "x" * 129).state != user_keys("causerec", "x" * 130).state
 
 
-def test_recent_bytes() -> None:
-    r = Recent(next_seq=3, history_seq=2, recent_len=64, bucket_size=32, events=[Event(1700000000, 2, 7, 1)])
-    blob = encode_recent(r)
+def test_state_bytes() -> None:
+    """Header (format, kind, L, G, counts, next seq, history seq, history length), then 14-byte
+    events, then per bucket (category, newest seq, n) and 8-byte (ts, item) entries."""
+    s = State(
+        KIND_BUCKETS,
+        64,
+        32,
+        next_seq=3,
+        history_seq=2,
+        recent=[Event(1700000000, 2, 7, 1)],
+        buckets={5: [((1699999990, -1), 9), ((1699999995, 1), 10)]},
+    )
+    blob = encode_state(s)
     assert blob.hex() == (
-        "0103000000000000000200000000000000400000002000000000f153650000000002000000000000000700000001000000"
+        "0200400020000100010003000000020000000000000000f153650200000007000000010005000000010000000200"
+        "f6f0536509000000fbf053650a000000"
     )
-    assert decode_recent(blob) == r
+    assert decode_state(blob) == s
+    assert state_head(blob) == blob[:22]  # what the append script compares: holds next seq
 
 
-def test_bucket_bytes() -> None:
-    entries = [((5, 1), 9), ((6, 2), 10)]
-    blob = encode_bucket(entries)
-    assert blob.hex() == ("0500000000000000010000000000000009000000060000000000000002000000000000000a000000")
-    assert decode_bucket(blob) == entries
+def test_decoded_buckets_keep_their_order_and_newest_key() -> None:
+    """Only the newest entry's seq is stored; older ones get negative stand-ins that keep their
+    order and sort below any real seq at the same timestamp."""
+    s = State(KIND_BUCKETS, 8, 4, 40, 40, 0, [], {3: [((10, 7), 1), ((10, 9), 2), ((12, 30), 3)]})
+    back = decode_state(encode_state(s)).buckets[3]
+    assert back == [((10, -2), 1), ((10, -1), 2), ((12, 30), 3)]
+    assert back == sorted(back)
 
 
-def test_tokens_round_trip_and_header() -> None:
-    t = Tokens(
-        "0123456789abcdef",
-        7,
-        np.array([3], np.int32),
-        np.array([[50, 4]], np.int64),
-        np.array([[9, 8]], np.int32),
-        np.array([[0.5, -1.0]], np.float32),
-    )
+def test_tokens_bytes() -> None:
+    t = Tokens(VERSION, 7, np.array([3]), np.array([[50, 4]]), np.array([[0.5, -1.0]], np.float32))
     blob = encode_tokens(t)
-    assert blob[:1] == b"\x01"
-    assert blob[1:17] == b"0123456789abcdef"
-    assert len(blob) == 1 + 16 + 8 + 2 + 2 + 2 + 4 + 16 + 8 + 8
+    assert blob.hex() == (
+        "023031323334353637383961626364656607000000010002000300000032000000040000000000003f000080bf00000000"
+    )
     back = decode_tokens(blob)
-    assert (back.version, back.history_seq) == ("0123456789abcdef", 7)
-    for a, b in [
-        (back.categories, t.categories),
-        (back.newest, t.newest),
-        (back.items, t.items),
-        (back.tokens, t.tokens),
-    ]:
+    assert (back.version, back.history_seq) == (VERSION, 7)
+    for a, b in [(back.categories, t.categories), (back.newest, t.newest), (back.tokens, t.tokens)]:
         np.testing.assert_array_equal(a, b)
+    assert len(back.exclude) == 0
+
+
+def test_query_bytes() -> None:
+    q = Query(VERSION, 9, np.array([0.25, -2.0], np.float32))
+    blob = encode_query(q)
+    assert blob.hex() == "02303132333435363738396162636465660900000002000000803e000000c0"
+    back = decode_query(blob)
+    assert (back.version, back.next_seq, back.vector.tolist()) == (VERSION, 9, [0.25, -2.0])
+
+
+def test_memory_and_history_bytes() -> None:
+    m = MemoryRecord(VERSION, 7, 8, (60, 11), np.array([[1.0, 2.0]], np.float32), [Event(61, 12, 3, 2)])
+    blob = encode_memory(m)
+    assert blob.hex() == (
+        "023031323334353637383961626364656607000000080000003c0000000b000000010002000100"
+        "0000803f000000403d0000000c000000030000000200"
+    )
+    back = decode_memory(blob)
+    assert (back.version, back.history_seq, back.folded, back.last_key) == (VERSION, 7, 8, (60, 11))
+    assert back.open_events == m.open_events
+    events = [Event(1, 2, 3, 4)]
+    assert encode_events(events).hex() == "0100000002000000030000000400"
+    assert decode_events(encode_events(events) * 2) == events * 2  # APPEND concatenates
+
+
+@pytest.mark.parametrize(
+    ("decode", "blob"),
+    [
+        (decode_state, b"\x01" + bytes(40)),  # a format this reader does not know
+        (decode_state, bytes.fromhex("020040002000010000000300000002000000000000000000")),  # event missing
+        (decode_state, encode_state(State(KIND_BUCKETS, 8, 4)) + b"x"),  # trailing bytes
+        (decode_tokens, b""),
+        (decode_query, encode_query(Query(VERSION, 1, np.zeros(4, np.float32)))[:-1]),
+        (decode_memory, b"\x07"),
+        (decode_events, b"\x00" * 13),
+    ],
+)
+def test_unreadable_values_are_refused_not_misread(decode, blob) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CorruptValue):
+        decode(blob)

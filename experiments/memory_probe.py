@@ -20,12 +20,13 @@ from typing import Any
 
 import torch
 
+from causerec.machine import machine
 from model.cause import model_inputs
+from model.config import TrainConfig
 from model.data import load_dataset
 from model.evaluate import evaluate, to_tensors
-from model.results import machine
 from model.samples import SampleBuilder
-from model.train import TrainConfig, load_model, train
+from model.train import load_model, train
 
 PLANTED = {
     "num_users": 600,
@@ -66,7 +67,7 @@ class _MemoryMasked:
 def probe(weight: float, epochs: int) -> dict[str, float]:
     data = load_dataset("synthetic", **PLANTED)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(epochs=epochs, patience=epochs, lr=3e-3, samples_per_user=8, batch_size=64)
+        cfg = TrainConfig(epochs=epochs, lr=3e-3, batch_targets=512, warmup_steps=10)
         train(data, {**MODEL, "memory_weight": weight}, cfg, Path(tmp) / "r", progress=False)
         model = load_model(Path(tmp) / "r")
     builder, test = SampleBuilder(data, model.cfg), data.split("test")

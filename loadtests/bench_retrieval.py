@@ -1,0 +1,231 @@
+"""Retrieval for large catalogues: exact scoring (what the scorer graph does) against approximate
+nearest-neighbour indexes from three libraries, side by side in one run.
+
+    python -m loadtests.bench_retrieval --items 100000 1000000
+
+Catalogues are synthetic: unit vectors (d=64) in 2,000 clusters (items of a category are alike),
+queries are unit vectors near random clusters. Scoring is the inner product of unit vectors (the
+model's cosine score). For each method: recall@20 against exact top-20, and ms per user at batch 1
+and 32 on one thread (a serving worker's ONNX Runtime setting), the median of several passes.
+Writes loadtests/results/bench_retrieval.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from causerec.machine import machine
+
+K, D, CLUSTERS, QUERIES = 20, 64, 2000, 512
+Search = Callable[[np.ndarray, int], np.ndarray]  # (B, D) queries, k -> (B, k) ids
+
+
+def catalogue(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(items (n, D), queries (QUERIES, D)), all unit vectors."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(CLUSTERS, D)).astype(np.float32)
+    items = centers[rng.integers(0, CLUSTERS, n)] + 0.6 * rng.normal(size=(n, D)).astype(np.float32)
+    queries = centers[rng.integers(0, CLUSTERS, QUERIES)] + 0.8 * rng.normal(size=(QUERIES, D)).astype(
+        np.float32
+    )
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(items), unit(queries)
+
+
+def exact_ort(items: np.ndarray) -> Search:
+    """MatMul + TopK in ONNX Runtime: the exported scorer's work, without the exclusions."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["query", "table"], ["scores"]),
+            helper.make_node("TopK", ["scores", "k"], ["values", "ids"], axis=1),
+        ],
+        "exact",
+        [
+            helper.make_tensor_value_info("query", TensorProto.FLOAT, ["b", D]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["b", "k"]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "k"]),
+        ],
+        [numpy_helper.from_array(np.ascontiguousarray(items.T), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(model)
+    return lambda q, k: session.run(["ids"], {"query": q, "k": np.array([k], np.int64)})[0]
+
+
+# Each builder indexes the catalogue once and returns param -> search (the search-time knob).
+Builder = Callable[[np.ndarray], Callable[[int], Search]]
+
+
+def faiss_hnsw(items: np.ndarray) -> Callable[[int], Search]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 200
+    index.add(items)
+
+    def with_ef(ef: int) -> Search:
+        index.hnsw.efSearch = ef
+        return lambda q, k: index.search(q, k)[1]
+
+    return with_ef
+
+
+def faiss_ivf(items: np.ndarray) -> Callable[[int], Search]:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    nlist = int(4 * np.sqrt(len(items)))
+    quantizer = faiss.IndexFlatIP(D)
+    index = faiss.IndexIVFFlat(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(
+        items[np.random.default_rng(1).choice(len(items), min(len(items), 50 * nlist), replace=False)]
+    )
+    index.add(items)
+
+    def with_nprobe(nprobe: int) -> Search:
+        index.nprobe = nprobe
+        return lambda q, k: index.search(q, k)[1]
+
+    return with_nprobe
+
+
+def hnswlib_index(items: np.ndarray) -> Callable[[int], Search]:
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=D)
+    index.init_index(max_elements=len(items), M=32, ef_construction=200)
+    index.add_items(items, num_threads=1)
+    index.set_num_threads(1)
+
+    def with_ef(ef: int) -> Search:
+        index.set_ef(ef)
+        return lambda q, k: index.knn_query(q, k=k, num_threads=1)[0]
+
+    return with_ef
+
+
+def usearch_index(items: np.ndarray) -> Callable[[int], Search]:
+    from usearch.index import Index
+
+    index = Index(ndim=D, metric="ip", connectivity=32, expansion_add=200)
+    index.add(np.arange(len(items)), items, threads=1)
+
+    def with_expansion(ef: int) -> Search:
+        index.expansion_search = ef
+        return lambda q, k: index.search(q, k, threads=1).keys.reshape(len(q), -1)
+
+    return with_expansion
+
+
+METHODS: dict[str, tuple[Builder, list[int]]] = {
+    "faiss HNSW (M=32), efSearch": (faiss_hnsw, [32, 64, 128]),
+    "faiss IVF-Flat (4 sqrt(n) lists), nprobe": (faiss_ivf, [8, 16, 32]),
+    "hnswlib HNSW (M=32), ef": (hnswlib_index, [32, 64, 128]),
+    "usearch HNSW (M=32), expansion": (usearch_index, [32, 64, 128]),
+}
+
+
+def per_user_ms(search: Search, queries: np.ndarray, batch: int, repeats: int = 5) -> float:
+    """Median over ``repeats`` passes of (time to answer every query in batches) / queries."""
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for lo in range(0, len(queries), batch):
+            search(queries[lo : lo + batch], K)
+        runs.append(1000 * (time.perf_counter() - started) / len(queries))
+    return statistics.median(runs)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def measure(n: int) -> list[dict[str, Any]]:
+    items, queries = catalogue(n)
+    exact = exact_ort(items)
+    truth = exact(queries, K)
+    base = {b: per_user_ms(exact, queries, b) for b in (1, 32)}
+    rows = [
+        {
+            "items": n,
+            "method": "exact (ONNX Runtime MatMul + TopK)",
+            "param": None,
+            "recall@20": 1.0,
+            "build_s": 0.0,
+            **{f"ms_per_user_batch{b}": round(v, 4) for b, v in base.items()},
+        }
+    ]
+    for name, (build, params) in METHODS.items():
+        started = time.perf_counter()
+        configure = build(items)
+        built = time.perf_counter() - started
+        for param in params:
+            search = configure(param)
+            times = {b: per_user_ms(search, queries, b) for b in (1, 32)}
+            rows.append(
+                {
+                    "items": n,
+                    "method": name,
+                    "param": param,
+                    "recall@20": round(recall(search(queries, K), truth), 4),
+                    "build_s": round(built, 1),
+                    **{f"ms_per_user_batch{b}": round(v, 4) for b, v in times.items()},
+                    **{f"speedup_batch{b}": round(base[b] / times[b], 1) for b in (1, 32)},
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_retrieval"))
+    args = parser.parse_args()
+    rows = [row for n in args.items for row in measure(n)]
+    record = {
+        "command": "python -m loadtests.bench_retrieval --items " + " ".join(map(str, args.items)),
+        "machine": machine(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "threads": 1,
+        "rows": rows,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        f"Machine: {record['machine']}; one thread; {QUERIES} queries, k={K}, d={D}.",
+        "",
+        "| items | method | param | recall@20 | ms/user (batch 1) | ms/user (batch 32) "
+        "| speed-up (1 / 32) | build s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speed = f"{r.get('speedup_batch1', 1)}x / {r.get('speedup_batch32', 1)}x"
+        lines.append(
+            f"| {r['items']:,} | {r['method']} | {r['param'] or ''} | {r['recall@20']} | "
+            f"{r['ms_per_user_batch1']} | {r['ms_per_user_batch32']} | {speed} | {r['build_s']} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""User state across model changes, rollouts and failures, end to end (real uvicorn, Redis and
+ONNX Runtime): store ids survive a renumbered catalogue, two versions serving at once do not
+fight over tokens, one broken user fails alone, and the event loop keeps answering."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import redis
+
+from loadtests.service_process import ServiceProcess
+from model.bucketing import Event, bucketize, split_recent
+from service.store_codec import user_keys
+from tests.conftest import SLACK, TINY_MODEL
+
+pytestmark = pytest.mark.integration
+L, V, G = TINY_MODEL["recent_len"], TINY_MODEL["num_buckets"], TINY_MODEL["bucket_size"]
+
+
+def _events(user: str, items: list[str], t0: int = 1000) -> dict[str, object]:
+    return {
+        "events": [
+            {
+                "user_id": user,
+                "item_id": i,
+                "action": "view",
+                "timestamp": t0 + n,
+                "event_id": f"{user}-{t0 + n}",
+            }
+            for n, i in enumerate(items)
+        ]
+    }
+
+
+def _all(url: str, user: str, n_items: int, exclude_seen: bool = True) -> dict:  # type: ignore[type-arg]
+    r = httpx.post(
+        url + "/recommend", json={"user_id": user, "k": n_items, "exclude_seen": exclude_seen}, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_renumbered_bundle_reads_the_stored_users_as_they_were(
+    tiny_bundle, renumbered_bundle, tiny_dataset, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis keeps store ids, not a bundle's internal ids: after a hot reload to a bundle whose
+    catalogue is numbered differently, the user's items are the same items."""
+    d = tiny_dataset
+    everything = set(d.items.to_list())
+    posted = [d.items.external(i) for i in (3, 17, 42, 99, 150)]  # fewer than L: all in the window
+    with ServiceProcess(tiny_bundle, redis_server.url, tmp_path / "s.log", key_prefix="renum") as svc:
+        assert httpx.post(svc.url + "/events", json=_events("ren", posted)).status_code == 200
+        before = _all(svc.url, "ren", len(everything))
+        assert {x["item_id"] for x in before["items"]} == everything - set(posted)
+        r = httpx.post(svc.url + "/admin/reload", json={"bundle": str(renumbered_bundle)}, timeout=60)
+        assert r.status_code == 200, r.text
+        after = _all(svc.url, "ren", len(everything))
+        assert after["model_version"] != before["model_version"]
+        assert {x["item_id"] for x in after["items"]} == everything - set(posted)  # exactly those excluded
+        assert after["recent_events"] == before["recent_events"] == len(posted)
+        # Events posted under the new numbering land on the same items too.
+        more = [d.items.external(7)]
+        assert httpx.post(svc.url + "/events", json=_events("ren", more, 2000)).status_code == 200
+        assert {x["item_id"] for x in _all(svc.url, "ren", len(everything))["items"]} == everything - set(
+            posted + more
+        )
+
+
+def test_two_versions_serving_at_once_build_tokens_once_per_user(
+    tiny_bundle, second_bundle, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A rolling update: replicas of two model versions on one Redis, reads interleaved on the same
+    users. Each version keeps its own tokens, so after the first read per (user, version) no read
+    rebuilds anything (the old design rebuilt on every alternation, and the two thrashed)."""
+    users = [f"roll{u}" for u in range(12)]
+    kw = {"key_prefix": "roll"}
+    with (
+        ServiceProcess(tiny_bundle, redis_server.url, tmp_path / "a.log", **kw) as a,
+        ServiceProcess(second_bundle, redis_server.url, tmp_path / "b.log", **kw) as b,
+    ):
+        for n, u in enumerate(users):
+            items = [f"i{1 + (n * 7 + j) % 290}" for j in range(30)]  # 30 events: history tokens
+            assert httpx.post(a.url + "/events", json=_events(u, items)).status_code == 200
+        builds = "causerec_store_token_builds_total"
+        for _ in range(3):
+            for u in users:
+                for svc in (a, b):
+                    r = httpx.post(svc.url + "/recommend", json={"user_id": u}, timeout=10).json()
+                    assert r["history_tokens"] == V
+        assert _metric(a.url, builds) == 0  # A's tokens were written by the appends
+        assert _metric(b.url, builds) == len(users)  # B built each user's once, then read them
+        hits = _metric(b.url, 'causerec_query_cache_total{outcome="hit"}')
+        assert hits == 2 * len(users)  # rounds 2 and 3: the cached query state, no backbone
+
+
+def test_exclude_seen_removes_the_recent_window_and_the_history_tokens_items(api, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    """What exclude_seen removes, exactly: the L recent items and the G newest items of each of the
+    V buckets the model reads (older history is not excluded)."""
+    d = tiny_dataset
+    internal = [1 + (n * 13) % d.num_items for n in range(60)]
+    events = [Event(5000 + n, n, i, 1) for n, i in enumerate(internal)]
+    body = _events("excl", [d.items.external(i) for i in internal], 5000)
+    assert (
+        httpx.post(api.url + "/events", json=body, headers={"X-API-Key": "write-key-456"}).status_code == 200
+    )
+    history, recent = split_recent(events, L)
+    top = bucketize(history, d.categories_of, V, G)
+    expected = {e.item for e in recent} | {i for b in top for i in b.items}
+    assert expected < set(internal)  # some history is older than what the model reads
+    r = httpx.post(
+        api.url + "/recommend", json={"user_id": "excl", "k": 1000}, headers={"X-API-Key": "read-key-123"}
+    )
+    returned = {d.items.internal(x["item_id"]) for x in r.json()["items"]}
+    assert returned == set(range(1, d.num_items + 1)) - expected
+
+
+def test_a_corrupt_user_fails_alone_in_a_batch_and_derived_values_are_repaired(
+    tiny_bundle, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    db = redis.Redis.from_url(redis_server.url)
+    with ServiceProcess(
+        tiny_bundle, redis_server.url, tmp_path / "s.log", key_prefix="iso", max_wait_ms="50"
+    ) as svc:
+        users = [f"iso{u}" for u in range(32)]
+        for u in users:
+            assert (
+                httpx.post(svc.url + "/events", json=_events(u, [f"i{j}" for j in range(1, 30)])).status_code
+                == 200
+            )
+        db.set(user_keys("iso", "iso7").state, b"\x02garbage")  # the truth, unreadable
+        tok = next(iter(db.scan_iter(match="iso:v2:{u:iso8}:tok:*")))
+        db.set(tok, b"\x02broken")  # derived: rebuilt from the state
+        answers: dict[str, httpx.Response] = {}
+
+        def ask(u: str) -> None:
+            answers[u] = httpx.post(svc.url + "/recommend", json={"user_id": u}, timeout=20)
+
+        threads = [threading.Thread(target=ask, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _metric(svc.url, "causerec_batch_size_count") < 32  # they really shared batches
+        assert {u: r.status_code for u, r in answers.items()} == dict.fromkeys(users, 200)
+        broken = answers["iso7"].json()
+        assert broken["recent_events"] == 0
+        assert "unreadable" in broken["warnings"][0] or "unusable" in broken["warnings"][0]
+        for u in users:
+            if u != "iso7":
+                assert answers[u].json()["warnings"] == []
+                assert answers[u].json()["history_tokens"] == V
+        assert _metric(svc.url, 'causerec_store_repairs_total{kind="tokens"}') == 1
+        assert _metric(svc.url, "causerec_store_corrupt_states_total") >= 1
+        # Writes: the broken user's events are refused (409, its truth is not overwritten), the
+        # other user's are applied, and the answer says which is which.
+        mixed = {"events": _events("iso7", ["i1"], 9000)["events"] + _events("iso9", ["i2"], 9000)["events"]}
+        r = httpx.post(svc.url + "/events", json=mixed)
+        assert r.status_code == 409, r.text
+        outcome = {u["user_id"]: u for u in r.json()["detail"]["users"]}
+        assert outcome["iso9"]["accepted"] == 1
+        assert outcome["iso7"]["accepted"] == 0
+        assert "unusable" in outcome["iso7"]["error"]
+        assert db.get(user_keys("iso", "iso7").state) == b"\x02garbage"
+
+
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "memory_bundle"])
+def test_the_event_loop_answers_while_a_big_batch_is_applied(
+    request, bundle, redis_server, tmp_path, tiny_dataset
+) -> None:  # type: ignore[no-untyped-def]
+    """1,000 events for 1,000 users in one request: the rule, the history graph and the folds run
+    off the event loop, so /healthz keeps answering within 50 ms meanwhile."""
+    path = request.getfixturevalue(bundle)
+    with ServiceProcess(path, redis_server.url, tmp_path / "s.log", key_prefix=f"loop-{bundle}") as svc:
+        catalogue = tiny_dataset.items.to_list()
+        for u in range(0, 1000, 80):  # users with history, so every event moves a bucket or a fold
+            batch = [
+                e
+                for n in range(u, min(u + 80, 1000))
+                for e in _events(f"b{n}", [catalogue[(n + j) % len(catalogue)] for j in range(12)])["events"]
+            ]
+            assert httpx.post(svc.url + "/events", json={"events": batch}, timeout=60).status_code == 200
+        big = [_events(f"b{n}", [catalogue[n % len(catalogue)]], 9000)["events"][0] for n in range(1000)]
+        done = threading.Event()
+        result: list[httpx.Response] = []
+
+        def post() -> None:
+            result.append(httpx.post(svc.url + "/events", json={"events": big}, timeout=120))
+            done.set()
+
+        latencies = []
+        with httpx.Client(timeout=5) as http:
+            http.get(svc.url + "/healthz")  # connect before timing
+            worker = threading.Thread(target=post)
+            worker.start()
+            while not done.is_set():
+                started = time.monotonic()
+                assert http.get(svc.url + "/healthz").status_code == 200
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.005)
+        worker.join()
+        assert result[0].status_code == 200, result[0].text
+        assert result[0].json()["accepted"] == 1000
+        assert len(latencies) >= 5  # the request took long enough to be probed
+        assert max(latencies) < 0.05 * SLACK, max(latencies)
