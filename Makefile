@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store loadtest export serve clean
+.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store bench-retrieval loadtest docker-smoke export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,8 +65,15 @@ bench-store: install
 
 ## Load test: floor vs CAUSE vs HSTU-full vs /events (PRESET=ci|small|default; writes loadtests/results/).
 PRESET ?= small
+WORKERS ?= 1
+REPEATS ?= 3
 loadtest: install
-	$(BIN)/python -m loadtests.run --preset $(PRESET)
+	$(BIN)/python -m loadtests.run --preset $(PRESET) --workers $(WORKERS) --repeats $(REPEATS)
+
+## Docker: build both images, train, serve 2 replicas behind the gateway, restart Redis, locust,
+## hot reload, tear down (root or docker group; writes loadtests/results/docker-smoke.txt).
+docker-smoke:
+	SMOKE_LOG=loadtests/results/docker-smoke.txt bash deploy/smoke.sh
 
 ## Export a run directory to a bundle: make export RUN=runs/c16 BUNDLE=bundles/c16
 export: install

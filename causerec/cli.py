@@ -334,9 +334,15 @@ def recompute_tokens(
 def demo(
     workdir: Path = typer.Option(Path("demo"), help="where data, run, bundle and Redis data go"),
     port: int = typer.Option(8000),
-    epochs: int = typer.Option(8),
+    epochs: int | None = typer.Option(None, help="default: 8 on synthetic data, 30 on MovieLens"),
+    dataset: str = typer.Option(
+        "synthetic", help="synthetic (built in) or a MovieLens release: ml-100k, ml-1m"
+    ),
+    data_dir: Path | None = typer.Option(None, help="the release's directory (not for synthetic)"),
 ) -> None:
-    """Synthetic data -> train -> export -> embedded Redis -> load events -> API on 127.0.0.1."""
+    """Data -> train -> export -> embedded Redis -> load events -> API and explorer on 127.0.0.1."""
     from causerec.demo import run_demo
 
-    run_demo(workdir, port, epochs)
+    if dataset != "synthetic" and data_dir is None:
+        raise typer.BadParameter(f"--dataset {dataset} needs --data-dir", param_hint="--data-dir")
+    run_demo(workdir, port, epochs, dataset, data_dir)

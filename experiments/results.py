@@ -115,6 +115,12 @@ VARIANTS = [
         ("positives",),
         ONE,
     ),
+    Row(
+        "HSTU L=16, absolute positions",
+        {"mode": "hstu", "recent_len": 16, "positions": True},
+        views=("positives",),
+        seeds=ONE,
+    ),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 

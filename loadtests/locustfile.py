@@ -15,7 +15,7 @@ import random
 import time
 from typing import Any
 
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, constant, constant_throughput, events, task
 
 _event_ids = itertools.count()
 
@@ -32,6 +32,9 @@ def _options(parser: Any) -> None:
     parser.add_argument("--recommend-weight", type=int, default=9)
     parser.add_argument("--events-weight", type=int, default=1)
     parser.add_argument("--api-key", default="", help="sent as X-API-Key when set")
+    parser.add_argument(
+        "--pace", type=float, default=0.0, help="requests/s per simulated user (0: closed loop, no wait)"
+    )
 
 
 ITEMS: list[str] = []
@@ -44,6 +47,8 @@ def _setup(environment: Any, **_: Any) -> None:
         return
     RecommendUser.weight = opts.recommend_weight
     EventsUser.weight = opts.events_weight
+    if opts.pace:
+        _Base.wait_time = constant_throughput(opts.pace)
     if opts.items_file:
         with open(opts.items_file) as fh:
             ITEMS.extend(line.strip() for line in fh if line.strip())

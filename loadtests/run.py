@@ -1,20 +1,29 @@
 """Load-test runner: CAUSE vs HSTU-full vs the HTTP floor, served identically, in one run.
 
-    python -m loadtests.run --preset small --out loadtests/results/small
+    python -m loadtests.run --preset small --workers 1 --repeats 5 --out loadtests/results/small
 
 Bounded in time and entirely on 127.0.0.1: starts an embedded redis-server, loads a synthetic
 population through the store's append path (one key prefix per configuration), starts the
-service (same app, same uvicorn settings) for each configuration and drives it with locust at a
-series of concurrent users (closed loop). Writes OUT.json, OUT.md and OUT.png.
+service (same app, same uvicorn settings, ``--workers`` uvicorn workers) for each configuration and
+drives it with locust at a series of concurrent users (closed loop). The whole series runs
+``--repeats`` times; the report gives, per row, the median and the range over the repeats.
+Writes OUT.json, OUT.md and OUT.png.
 
 Configurations:
-  floor      POST /noop on the CAUSE service: the HTTP + JSON floor of this app and server.
-  cause      POST /recommend, recent L=64 + V=8 history tokens.
-  hstu-full  POST /recommend over the raw history, capped at the preset's ``full_cap`` events;
-             its engine batch is capped at ``full_max_batch`` users because one user's attention
-             at 4,097 tokens already needs ~0.5 GB per layer.
-  events     POST /events, batches of 100 events for random users, on the CAUSE service.
-Model weights do not change latency, so both models are exported untrained.
+  floor        POST /noop on the CAUSE service: the HTTP + JSON floor of this app and server.
+  read-mostly  POST /recommend for users whose query state is cached (every user was read once
+               before): one Redis round trip and the scorer, no backbone. Then once more with 16
+               paced users at half of the best throughput measured: the latency target's load.
+  mixed        POST /recommend and POST /events (one event), 4 to 1, on the same users: events
+               make the next read of their user run the backbone.
+  events       POST /events, batches of 100 events for random users, 1 and 4 clients.
+  ..., no query cache  reads and mixed traffic with CAUSEREC_QUERY_CACHE=false: the backbone on
+               every read (the path before query states were cached).
+  hstu-full    POST /recommend over the raw history, capped at the preset's ``full_cap`` events;
+               its engine batch is capped at ``full_max_batch`` users because one user's attention
+               at 4,097 tokens already needs ~0.5 GB per layer.
+The CAUSE model has L=64 and V=8 history tokens. Model weights do not change latency, so both
+models are exported untrained.
 
 Latency: locust's client-side percentiles (whole ms) and the server's own histogram
 (causerec_request_seconds, per step; reported as bucket upper bounds). With --workers > 1 the
@@ -53,7 +62,8 @@ class Preset:
     items: int
     events: int  # per user
     full_cap: int
-    users_steps: tuple[int, ...]  # concurrent locust users for cause and the floor
+    read_steps: tuple[int, ...]  # concurrent locust users for the floor and read-mostly
+    mixed_steps: tuple[int, ...]
     full_steps: tuple[int, ...]
     events_steps: tuple[int, ...]
     step_s: int
@@ -61,10 +71,44 @@ class Preset:
 
 
 PRESETS = {
-    "ci": Preset(100, 2_000, 300, 300, (2, 8), (1, 2), (2,), 3, 4),
-    "small": Preset(2_000, 100_000, 2_048, 2_048, (1, 2, 4, 16, 32, 64), (1, 2, 4), (1, 4), 15, 1),
-    "default": Preset(10_000, 100_000, 2_048, 2_048, (1, 2, 4, 16, 32, 64), (1, 2, 4), (1, 4), 30, 1),
+    "ci": Preset(100, 2_000, 300, 300, (2, 8), (4,), (1,), (1, 4), 3, 4),
+    "small": Preset(2_000, 100_000, 2_048, 2_048, (1, 4, 16, 64), (16,), (1, 4), (1, 4), 10, 1),
+    "default": Preset(10_000, 100_000, 2_048, 2_048, (1, 4, 16, 64), (16,), (1, 4), (1, 4), 30, 1),
 }
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    route: str
+    classes: tuple[str, ...]
+    steps: tuple[int, ...]
+    options: tuple[str, ...] = ()
+    events_batch: int = 0  # events per /events post (rows then also report events/s)
+
+
+def configs(preset: Preset) -> dict[str, list[Config]]:
+    """What each service process is measured on, in order (reads before the writes that stale them)."""
+    mixed = ("--recommend-weight", "4", "--events-weight", "1", "--events-batch", "1")
+    return {
+        "cause": [
+            Config("floor", "/noop", ("NoopUser",), preset.read_steps),
+            Config("read-mostly", "/recommend", ("RecommendUser",), preset.read_steps),
+            Config("mixed", "/recommend", ("RecommendUser", "EventsUser"), preset.mixed_steps, mixed),
+            Config("events", "/events", ("EventsUser",), preset.events_steps, ("--events-batch", "100"), 100),
+        ],
+        "cause-uncached": [
+            Config("read, no query cache", "/recommend", ("RecommendUser",), preset.mixed_steps),
+            Config(
+                "mixed, no query cache",
+                "/recommend",
+                ("RecommendUser", "EventsUser"),
+                preset.mixed_steps,
+                mixed,
+            ),
+        ],
+        "hstu-full": [Config("hstu-full", "/recommend", ("RecommendUser",), preset.full_steps)],
+    }
 
 
 def untrained_run(data: Dataset, run_dir: Path, **model_cfg: Any) -> Path:
@@ -121,7 +165,10 @@ def server_percentiles(before: dict[float, float], after: dict[float, float]) ->
     return out
 
 
-def locust_step(url: str, classes: list[str], users: int, seconds: int, extra: list[str]) -> dict[str, Any]:
+def locust_step(
+    url: str, route: str, classes: list[str], users: int, seconds: int, extra: list[str]
+) -> dict[str, Any]:
+    """One closed-loop step; the client-side figures of ``route`` (mixed steps also post /events)."""
     cmd = [
         sys.executable,
         "-m",
@@ -146,7 +193,7 @@ def locust_step(url: str, classes: list[str], users: int, seconds: int, extra: l
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     stats = json.loads(done.stdout)
-    entry = next(s for s in stats if s["name"] != "Aggregated")
+    entry = next(s for s in stats if s["name"] == route)
     times = {int(float(k)): v for k, v in entry["response_times"].items()}
     ordered = sorted(times)
     cumulative = np.cumsum([times[t] for t in ordered])
@@ -166,53 +213,109 @@ def locust_step(url: str, classes: list[str], users: int, seconds: int, extra: l
     }
 
 
-def run_config(
-    name: str,
-    svc: ServiceProcess,
-    route: str,
-    classes: list[str],
-    steps: tuple[int, ...],
-    seconds: int,
-    extra: list[str],
-    events_batch: int = 0,
-) -> list[dict[str, Any]]:
+def measure(config: Config, svc: ServiceProcess, seconds: int, extra: list[str], repeat: int) -> list[dict]:  # type: ignore[type-arg]
     rows = []
-    for users in steps:
-        before = scrape(svc.url, route)
-        stats = locust_step(svc.url, classes, users, seconds, extra)
+    for users in config.steps:
+        before = scrape(svc.url, config.route)
+        stats = locust_step(
+            svc.url, config.route, list(config.classes), users, seconds, [*extra, *config.options]
+        )
         row = {
-            "config": name,
-            "route": route,
+            "config": config.name,
+            "route": config.route,
             "users": users,
+            "repeat": repeat,
             **stats,
-            **server_percentiles(before, scrape(svc.url, route)),
+            **server_percentiles(before, scrape(svc.url, config.route)),
         }
-        if events_batch:
-            row["events_per_s"] = round(stats["rps"] * events_batch, 1)
+        if config.events_batch:
+            row["events_per_s"] = round(stats["rps"] * config.events_batch, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)  # noqa: T201 - progress of a long run
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    best = {
-        c: max((r["rps"] for r in rows if r["config"] == c and not r["failures"]), default=0.0)
-        for c in ("floor", "cause", "hstu-full", "events")
-    }
-    at1 = {
-        c: next((r["p50_ms"] for r in rows if r["config"] == c and r["users"] == 1), None)
-        for c in ("cause", "hstu-full")
-    }
+async def warm(url: str, users: int, concurrency: int = 32) -> None:
+    """Read every user once, so each has a cached query state: the read-mostly steady state."""
+    queue = iter(range(users))
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def reader() -> None:
+            for n in queue:
+                (await http.post("/recommend", json={"user_id": f"u{n}", "k": 20})).raise_for_status()
+
+        await asyncio.gather(*(reader() for _ in range(concurrency)))
+
+
+def paced(svc: ServiceProcess, rps: float, seconds: int, extra: list[str], repeat: int) -> dict:  # type: ignore[type-arg]
+    """read-mostly at half of its own best throughput (16 users, each paced): the latency target's load."""
+    users = 16
+    pace = Config(
+        "read-mostly at half max",
+        "/recommend",
+        ("RecommendUser",),
+        (users,),
+        ("--pace", f"{rps / 2 / users:.3f}"),
+    )
+    return measure(pace, svc, seconds, extra, repeat)[0]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+    """One row per (config, users): medians over the repeats, and the req/s range."""
+    groups: dict[tuple[str, int], list[dict]] = {}  # type: ignore[type-arg]
+    for r in rows:
+        groups.setdefault((r["config"], r["users"]), []).append(r)
+    out = []
+    for (config, users), rs in groups.items():
+        med = {
+            k: (float(np.median([r[k] for r in rs])) if all(r.get(k) is not None for r in rs) else None)
+            for k in (
+                "rps",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "server_p50_ms_le",
+                "server_p99_ms_le",
+                "events_per_s",
+            )
+            if k in rs[0]
+        }
+        out.append(
+            {
+                "config": config,
+                "route": rs[0]["route"],
+                "users": users,
+                "repeats": len(rs),
+                **med,
+                "rps_range": [min(r["rps"] for r in rs), max(r["rps"] for r in rs)],
+                "requests": sum(r["requests"] for r in rs),
+                "failures": sum(r["failures"] for r in rs),
+            }
+        )
+    return out
+
+
+def summarize(table: list[dict]) -> dict[str, Any]:  # type: ignore[type-arg]
+    def best(config: str) -> dict | None:  # type: ignore[type-arg]
+        rs = [r for r in table if r["config"] == config and not r["failures"]]
+        return max(rs, key=lambda r: r["rps"]) if rs else None
+
+    def at(config: str, users: int, key: str) -> float | None:
+        return next((r[key] for r in table if r["config"] == config and r["users"] == users), None)
+
+    top = {c: best(c) for c in sorted({r["config"] for r in table})}
+    floor, read = top.get("floor"), top.get("read-mostly")
+    half = top.get("read-mostly at half max")
     return {
-        "max_rps": best,
-        "recommend_vs_floor": round(best["cause"] / best["floor"], 3) if best["floor"] else None,
-        "p50_at_1_user_ms": at1,
-        "hstu_full_over_cause_p50_at_1_user": round(at1["hstu-full"] / at1["cause"], 1)
-        if at1["cause"] and at1["hstu-full"]
-        else None,
-        "events_per_s": max(
-            (r.get("events_per_s", 0.0) for r in rows if r["config"] == "events"), default=0.0
-        ),
+        "max_rps": {c: r["rps"] if r else 0.0 for c, r in top.items()},
+        "p99_ms_at_max": {c: r["p99_ms"] if r else None for c, r in top.items()},
+        "read_mostly_vs_floor": round(read["rps"] / floor["rps"], 3) if read and floor else None,
+        "read_mostly_p99_ms_at_half_max": half["p99_ms"] if half else None,
+        "read_mostly_rps_at_half_max": half["rps"] if half else None,
+        "events_per_s": {
+            f"{r['users']} clients": r["events_per_s"] for r in table if r["config"] == "events"
+        },
+        "p50_at_1_user_ms": {c: at(c, 1, "p50_ms") for c in ("read-mostly", "hstu-full")},
     }
 
 
@@ -220,16 +323,19 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"Machine: {result['machine']}; preset `{result['preset']}`; {result['workers']} uvicorn worker(s).",
+        f"Machine: {result['machine']}; preset `{result['preset']}`; {result['workers']} uvicorn worker(s); "
+        f"medians of {result['repeats']} repeats (req/s range in brackets).",
         "",
-        "| config | users | req/s | p50 ms | p95 ms | p99 ms | server p50 <= ms | server p99 <= ms | "
-        "failures |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | users | req/s | events/s | p50 ms | p95 ms | p99 ms | server p50 <= ms "
+        "| server p99 <= ms | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    for r in result["table"]:
+        lo, hi = r["rps_range"]
         lines.append(
-            f"| {r['config']} | {r['users']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-            f"{r['server_p50_ms_le']} | {r['server_p99_ms_le']} | {r['failures']} |"
+            f"| {r['config']} | {r['users']} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] "
+            f"| {r.get('events_per_s') or ''} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} "
+            f"| {r['server_p50_ms_le']} | {r['server_p99_ms_le']} | {r['failures']} |"
         )
     lines += ["", "```json", json.dumps(result["summary"], indent=2), "```"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -240,8 +346,8 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, config in enumerate(("floor", "cause", "hstu-full")):
-        rs = [r for r in result["rows"] if r["config"] == config and r["requests"]]
+    for i, config in enumerate(("floor", "read-mostly", "read, no query cache", "hstu-full")):
+        rs = [r for r in result["table"] if r["config"] == config and r["requests"] and r["p50_ms"]]
         if rs:
             ax.plot(
                 [r["rps"] for r in rs], [r["p50_ms"] for r in rs], "o-", color=f"C{i}", label=f"{config} p50"
@@ -253,7 +359,9 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("latency (ms, client side)")
-    ax.set_title(f"causerec /recommend vs HTTP floor ({result['preset']} preset)")
+    ax.set_title(
+        f"causerec /recommend vs HTTP floor ({result['preset']} preset, {result['workers']} worker(s))"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
@@ -266,18 +374,20 @@ def main() -> None:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="run the whole series this many times")
     parser.add_argument("--out", type=Path, default=None, help="report path without suffix")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
-    out = args.out or Path("loadtests/results") / args.preset
+    out = args.out or Path("loadtests/results") / f"{args.preset}-w{args.workers}"
     started = time.monotonic()
     data = population(preset.users, preset.items, preset.events)
     rows: list[dict[str, Any]] = []
+    plan = configs(preset)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         items_file = write_items(data, tmp / "items.txt")
         common = {"d_model": 64, "num_layers": 3, "num_heads": 8, "dropout": 0.0}
-        bundles = {
+        runs = {
             "cause": untrained_run(
                 data, tmp / "cause", mode="cause", recent_len=64, num_buckets=8, bucket_size=32, **common
             ),
@@ -290,59 +400,47 @@ def main() -> None:
                 **common,
             ),
         }
-        for name, run_dir in bundles.items():
-            export_bundle(run_dir, tmp / f"{name}-bundle")
+        bundles = {name: tmp / f"{name}-bundle" for name in runs}
+        for name, run_dir in runs.items():
+            export_bundle(run_dir, bundles[name])
+        bundles["cause-uncached"] = bundles["cause"]
         extra = ["--id-users", str(preset.users), "--items-file", str(items_file)]
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
             loads = {
-                name: asyncio.run(
-                    backfill(tmp / f"{name}-bundle", data, redis.url, f"lt-{name}", progress=False)
-                )
-                for name in bundles
+                name: asyncio.run(backfill(bundles[name], data, redis.url, f"lt-{name}", progress=False))
+                for name in plan
             }
-            settings = {"max_wait_ms": "2", "noop_route": "true"}
-            with ServiceProcess(
-                tmp / "cause-bundle",
-                redis.url,
-                tmp / "cause.log",
-                workers=args.workers,
-                key_prefix="lt-cause",
-                **settings,
-            ) as svc:
-                rows += run_config(
-                    "floor", svc, "/noop", ["NoopUser"], preset.users_steps, preset.step_s, extra
-                )
-                rows += run_config(
-                    "cause", svc, "/recommend", ["RecommendUser"], preset.users_steps, preset.step_s, extra
-                )
-                rows += run_config(
-                    "events",
-                    svc,
-                    "/events",
-                    ["EventsUser"],
-                    preset.events_steps,
-                    preset.step_s,
-                    [*extra, "--events-batch", "100"],
-                    events_batch=100,
-                )
-            with ServiceProcess(
-                tmp / "hstu-full-bundle",
-                redis.url,
-                tmp / "full.log",
-                workers=args.workers,
-                key_prefix="lt-hstu-full",
-                max_batch_size=str(preset.full_max_batch),
-                **settings,
-            ) as svc:
-                rows += run_config(
-                    "hstu-full", svc, "/recommend", ["RecommendUser"], preset.full_steps, preset.step_s, extra
-                )
+            settings = {
+                "cause": {"max_wait_ms": "2", "noop_route": "true"},
+                "cause-uncached": {"max_wait_ms": "2", "query_cache": "false"},
+                "hstu-full": {"max_wait_ms": "2", "max_batch_size": str(preset.full_max_batch)},
+            }
+            for repeat in range(args.repeats):
+                for name, series in plan.items():
+                    with ServiceProcess(
+                        bundles[name],
+                        redis.url,
+                        tmp / f"{name}.log",
+                        workers=args.workers,
+                        key_prefix=f"lt-{name}",
+                        **settings[name],
+                    ) as svc:
+                        for config in series:
+                            if config.name == "read-mostly":
+                                asyncio.run(warm(svc.url, preset.users))
+                            rows += measure(config, svc, preset.step_s, extra, repeat)
+                            if config.name == "read-mostly":
+                                top = max(r["rps"] for r in rows[-len(config.steps) :])
+                                rows.append(paced(svc, top, preset.step_s, extra, repeat))
+    table = aggregate(rows)
     result = {
-        "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers}",
+        "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers} "
+        f"--repeats {args.repeats}",
         "machine": machine(),
         "device": "cpu",
         "preset": args.preset,
         "workers": args.workers,
+        "repeats": args.repeats,
         "population": {
             "users": preset.users,
             "items": data.num_items,
@@ -353,8 +451,9 @@ def main() -> None:
         "backfill": loads,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.monotonic() - started, 1),
+        "summary": summarize(table),
+        "table": table,
         "rows": rows,
-        "summary": summarize(rows),
     }
     write_report(out, result)
     print(json.dumps(result["summary"], indent=2))  # noqa: T201

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "auto: the index when the bundle has one and the engine runs on the CPU",
     )
     index_ef: int | None = Field(None, ge=1, description="index search breadth (default: the bundle's)")
+    query_cache: bool = Field(
+        True,
+        description="keep each user's query state in Redis until their events change it; false: run "
+        "the backbone on every read (for comparison)",
+    )
     max_batch_size: int = Field(64, ge=1, le=1024, description="most /recommend requests per engine call")
     max_wait_ms: float = Field(2.0, ge=0, le=100, description="longest a request waits for its batch to fill")
     max_queue: int = Field(2048, ge=1, description="waiting /recommend requests before answering 503")

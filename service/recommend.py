@@ -70,6 +70,7 @@ class Recommender:
     current_model: Callable[[], LoadedModel | None]
     store: Store
     metrics: Metrics
+    query_cache: bool = True
 
     async def __call__(self, requests: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
         model = self.current_model()
@@ -120,7 +121,7 @@ class Recommender:
         queries = np.zeros((len(reads), model.view.d_model), np.float32)
         missing = []
         for i, r in enumerate(reads):
-            if r.query is not None:
+            if r.query is not None and self.query_cache:
                 queries[i] = r.query.vector
             else:
                 missing.append(i)
@@ -133,7 +134,7 @@ class Recommender:
         encoded = await asyncio.to_thread(model.engine.encode, users)
         self.metrics.engine_seconds.labels("encode").observe(time.perf_counter() - started)
         queries[missing] = encoded
-        known = [i for i in missing if reads[i].state is not None]
+        known = [i for i in missing if reads[i].state is not None and self.query_cache]
         if known:
             cache = [Query(model.version, reads[i].state.next_seq, queries[i]) for i in known]  # type: ignore[union-attr]
             with contextlib.suppress(StoreUnavailable):  # a cache write: the answer does not need it

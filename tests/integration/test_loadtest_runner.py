@@ -22,12 +22,23 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
-    configs = {r["config"] for r in result["rows"]}
-    assert configs == {"floor", "cause", "hstu-full", "events"}
-    for row in result["rows"]:
+    configs = {r["config"] for r in result["table"]}
+    assert configs == {
+        "floor",
+        "read-mostly",
+        "read-mostly at half max",
+        "mixed",
+        "events",
+        "read, no query cache",
+        "mixed, no query cache",
+        "hstu-full",
+    }
+    for row in result["table"]:
         assert row["requests"] > 0, row
         assert row["failures"] == 0, row
         assert row["server_p50_ms_le"] is not None, row
-    assert result["summary"]["events_per_s"] > 0
+    assert set(result["summary"]["events_per_s"]) == {"1 clients", "4 clients"}
+    assert min(result["summary"]["events_per_s"].values()) > 0
+    assert result["summary"]["read_mostly_vs_floor"] > 0
     assert out.with_suffix(".md").read_text().startswith("Machine:")
     assert out.with_suffix(".png").stat().st_size > 5000
