@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from service.store import Counters
+from service.store_types import Counters
 
 _LATENCY_BUCKETS = (
     0.0005,

@@ -24,8 +24,9 @@ from service.errors import ModelNotReady, StoreUnavailable, UserStateCorrupt
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 from service.schemas import RecommendRequest, RecommendResponse, ScoredItem
-from service.store import Store, UserRead
+from service.store import Store
 from service.store_codec import Query
+from service.store_types import UserRead
 from service.user_state import seen_items
 
 

@@ -18,10 +18,9 @@ command packing hold the event loop (a 1,000-user batch otherwise stalls /health
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -29,12 +28,13 @@ from redis.exceptions import RedisError
 
 from service import memory_store
 from service.errors import BundleError, StoreConflict, StoreUnavailable, UserStateCorrupt
+from service.keyed_locks import KeyedLocks
+from service.redis_scripts import APPEND, SET_DERIVED
 from service.store_codec import (
     SCHEMA,
     CorruptValue,
     MemoryRecord,
     Query,
-    State,
     Tokens,
     UserKeys,
     decode_events,
@@ -52,6 +52,7 @@ from service.store_codec import (
     state_head,
     user_keys,
 )
+from service.store_types import Counters, Inspected, UserOutcome, UserRead
 from service.user_state import (
     Appended,
     LayoutMismatch,
@@ -66,111 +67,6 @@ from service.user_state import (
 )
 
 T = TypeVar("T")
-
-# Compare-and-set append, one user. KEYS: state, dedup, tok:<version>, hist, mem:<version>.
-# ARGV: expected state head ("" = no state yet), new state, new tokens ("" = keep), history op
-# ("" | "a"+bytes to append | "s"+bytes to replace), new memory ("" = keep), user TTL s (0 = none),
-# derived TTL s, now, dedup retention s, then (expiry, event id) pairs. Returns 1, or 0 on conflict.
-APPEND = """
-local cur = redis.call('GET', KEYS[1])
-local head = ''
-if cur then head = string.sub(cur, 1, string.len(ARGV[1])) end
-if (cur and string.len(ARGV[1]) == 0) or head ~= ARGV[1] then return 0 end
-local ttl = tonumber(ARGV[6])
-if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[2]) end
-if string.len(ARGV[3]) > 0 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[7]) end
-if string.len(ARGV[5]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7]) end
-local op = string.sub(ARGV[4], 1, 1)
-if op == 'a' then redis.call('APPEND', KEYS[4], string.sub(ARGV[4], 2)) end
-if op == 's' then redis.call('SET', KEYS[4], string.sub(ARGV[4], 2)) end
-if op ~= '' and ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
-if #ARGV >= 10 then
-  for i = 10, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
-end
-return 1
-"""
-
-# Write derived state only if the user's state is still the one it was computed from.
-# KEYS: state, target. ARGV: expected state head, value, TTL s.
-SET_DERIVED = """
-local cur = redis.call('GET', KEYS[1])
-if not cur or string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-
-@dataclass
-class UserRead:
-    """One user's state as a read found it (derived state already made fresh where possible)."""
-
-    user_id: str
-    keys: UserKeys
-    state: State | None  # None: unknown user
-    tokens: Tokens | None = None  # fresh for the model, or None (no history)
-    query: Query | None = None  # fresh for the state, or None (the backbone must run)
-    error: Exception | None = None  # this user could not be read; the others are unaffected
-    head: bytes = b""
-
-
-@dataclass
-class UserOutcome:
-    """One user's append: applied (accepted / duplicates) or failed (``error``)."""
-
-    user_id: str
-    accepted: int = 0
-    duplicates: int = 0
-    error: Exception | None = None
-
-
-@dataclass
-class Inspected:
-    """One user's stored state for display (GET /users/{id})."""
-
-    state: State
-    tokens: Tokens | None  # fresh for the served model, else None
-    query_cached: bool
-    stored_bytes: dict[str, int]  # MEMORY USAGE of each existing key
-
-
-@dataclass
-class Counters:
-    """What the store did, for /metrics and for tests that check the work done."""
-
-    conflicts: int = 0  # append scripts that found the state moved (then retried)
-    token_builds: int = 0  # users whose history tokens were (re)built on a read
-    repairs: dict[str, int] = field(default_factory=dict)  # unreadable derived values rebuilt, by kind
-    corrupt_states: int = 0  # unreadable states (the truth: cannot be rebuilt)
-
-    def repaired(self, kind: str) -> None:
-        self.repairs[kind] = self.repairs.get(kind, 0) + 1
-
-
-class KeyedLocks:
-    """One asyncio lock per key while anyone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, keys: list[str]) -> AsyncIterator[None]:
-        """Hold every lock of ``keys`` (sorted: two holders of overlapping sets cannot deadlock)."""
-        async with contextlib.AsyncExitStack() as stack:
-            for key in keys:
-                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-                self._locks[key] = (lock, users + 1)
-                stack.callback(self._release, key)
-                await stack.enter_async_context(lock)
-            yield
-
-    def _release(self, key: str) -> None:
-        lock, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, users - 1)
 
 
 @dataclass

@@ -7,7 +7,8 @@ import numpy as np
 from service import ids
 from service.runtime import LoadedModel
 from service.schemas import StoredBucket, StoredEvent, UserState
-from service.store import Inspected, Store
+from service.store import Store
+from service.store_types import Inspected
 from service.user_state import top_buckets
 
 SHOWN_PER_BUCKET = 32

@@ -13,24 +13,10 @@ import redis
 from causerec.backfill import backfill
 from loadtests.service_process import ServiceProcess
 from service.redis_server import EmbeddedRedis
+from tests.integration.payloads import events_body
 from tests.integration.redis_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
-
-
-def _events(user: str, items: list[str], t0: int) -> dict[str, object]:
-    return {
-        "events": [
-            {
-                "user_id": user,
-                "item_id": i,
-                "action": "view",
-                "timestamp": t0 + n,
-                "event_id": f"{user}-{t0 + n}",
-            }
-            for n, i in enumerate(items)
-        ]
-    }
 
 
 def test_two_replicas_on_one_redis_serve_the_same_state(tiny_bundle, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -43,14 +29,16 @@ def test_two_replicas_on_one_redis_serve_the_same_state(tiny_bundle, redis_serve
         items = [f"i{n}" for n in range(1, 21)]
         for lo, (writer, reader) in enumerate([(a, b), (b, a)] * 2):
             batch = items[lo * 5 : lo * 5 + 5]
-            assert httpx.post(writer.url + "/events", json=_events("r1", batch, 100 * lo)).status_code == 200
+            assert (
+                httpx.post(writer.url + "/events", json=events_body("r1", batch, 100 * lo)).status_code == 200
+            )
             seen = httpx.post(reader.url + "/recommend", json={"user_id": "r1", "k": 50}).json()
             assert seen["recent_events"] == min(5 * (lo + 1), 8)  # the other replica's write is visible
         answers = [httpx.post(s.url + "/recommend", json={"user_id": "r1", "k": 50}).json() for s in (a, b)]
         assert answers[0]["history_tokens"] >= 1
         assert answers[0] == answers[1]  # same state, same model: the same ranking
         # A retry that lands on the other replica is still recognised as a duplicate.
-        again = httpx.post(b.url + "/events", json=_events("r1", items[:5], 0)).json()
+        again = httpx.post(b.url + "/events", json=events_body("r1", items[:5], 0)).json()
         assert (again["accepted"], again["duplicates"], again["invalid"]) == (0, 5, [])
 
 
@@ -68,7 +56,7 @@ def test_service_and_backfill_on_a_redis_cluster(tiny_bundle, tiny_dataset, redi
         before = httpx.post(svc.url + "/recommend", json={"user_id": user}).json()
         assert before["recent_events"] == 8
         assert before["history_tokens"] >= 1  # backfilled history tokens are read from the cluster
-        r = httpx.post(svc.url + "/events", json=_events("cluster-new", ["i1", "i2", "i3"], 10))
+        r = httpx.post(svc.url + "/events", json=events_body("cluster-new", ["i1", "i2", "i3"], 10))
         assert (r.json()["accepted"], r.json()["duplicates"], r.json()["invalid"]) == (3, 0, [])
         assert (
             httpx.post(svc.url + "/recommend", json={"user_id": "cluster-new"}).json()["recent_events"] == 3
@@ -88,7 +76,9 @@ def test_a_lost_cluster_shard_gives_503_not_500_and_recovers(tiny_bundle, tmp_pa
         ) as svc:
             users = [f"s{u}" for u in range(30)]
             for u in users:
-                assert httpx.post(svc.url + "/events", json=_events(u, ["i1", "i2"], 0)).status_code == 200
+                assert (
+                    httpx.post(svc.url + "/events", json=events_body(u, ["i1", "i2"], 0)).status_code == 200
+                )
             lost = cluster.nodes[1]
             lost.kill()
             for wait_s in (0.0, 7.0):  # before and after the cluster notices (node timeout 5 s)
@@ -116,7 +106,7 @@ def test_a_lost_cluster_shard_gives_503_not_500_and_recovers(tiny_bundle, tmp_pa
                 time.sleep(0.5)
             assert statuses == {200}
             for u in users:  # every acknowledged event is back, on every shard
-                again = httpx.post(svc.url + "/events", json=_events(u, ["i1", "i2"], 0)).json()
+                again = httpx.post(svc.url + "/events", json=events_body(u, ["i1", "i2"], 0)).json()
                 assert (again["accepted"], again["duplicates"], again["invalid"]) == (0, 2, [])
     finally:
         cluster.stop()

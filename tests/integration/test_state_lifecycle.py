@@ -15,24 +15,10 @@ from loadtests.service_process import ServiceProcess
 from model.bucketing import Event, bucketize, split_recent
 from service.store_codec import user_keys
 from tests.conftest import SLACK, TINY_MODEL
+from tests.integration.payloads import events_body
 
 pytestmark = pytest.mark.integration
 L, V, G = TINY_MODEL["recent_len"], TINY_MODEL["num_buckets"], TINY_MODEL["bucket_size"]
-
-
-def _events(user: str, items: list[str], t0: int = 1000) -> dict[str, object]:
-    return {
-        "events": [
-            {
-                "user_id": user,
-                "item_id": i,
-                "action": "view",
-                "timestamp": t0 + n,
-                "event_id": f"{user}-{t0 + n}",
-            }
-            for n, i in enumerate(items)
-        ]
-    }
 
 
 def _all(url: str, user: str, n_items: int, exclude_seen: bool = True) -> dict:  # type: ignore[type-arg]
@@ -59,7 +45,7 @@ def test_a_renumbered_bundle_reads_the_stored_users_as_they_were(
     everything = set(d.items.to_list())
     posted = [d.items.external(i) for i in (3, 17, 42, 99, 150)]  # fewer than L: all in the window
     with ServiceProcess(tiny_bundle, redis_server.url, tmp_path / "s.log", key_prefix="renum") as svc:
-        assert httpx.post(svc.url + "/events", json=_events("ren", posted)).status_code == 200
+        assert httpx.post(svc.url + "/events", json=events_body("ren", posted)).status_code == 200
         before = _all(svc.url, "ren", len(everything))
         assert {x["item_id"] for x in before["items"]} == everything - set(posted)
         r = httpx.post(svc.url + "/admin/reload", json={"bundle": str(renumbered_bundle)}, timeout=60)
@@ -70,7 +56,7 @@ def test_a_renumbered_bundle_reads_the_stored_users_as_they_were(
         assert after["recent_events"] == before["recent_events"] == len(posted)
         # Events posted under the new numbering land on the same items too.
         more = [d.items.external(7)]
-        assert httpx.post(svc.url + "/events", json=_events("ren", more, 2000)).status_code == 200
+        assert httpx.post(svc.url + "/events", json=events_body("ren", more, 2000)).status_code == 200
         assert {x["item_id"] for x in _all(svc.url, "ren", len(everything))["items"]} == everything - set(
             posted + more
         )
@@ -90,7 +76,7 @@ def test_two_versions_serving_at_once_build_tokens_once_per_user(
     ):
         for n, u in enumerate(users):
             items = [f"i{1 + (n * 7 + j) % 290}" for j in range(30)]  # 30 events: history tokens
-            assert httpx.post(a.url + "/events", json=_events(u, items)).status_code == 200
+            assert httpx.post(a.url + "/events", json=events_body(u, items)).status_code == 200
         builds = "causerec_store_token_builds_total"
         for _ in range(3):
             for u in users:
@@ -109,7 +95,7 @@ def test_exclude_seen_removes_the_recent_window_and_the_history_tokens_items(api
     d = tiny_dataset
     internal = [1 + (n * 13) % d.num_items for n in range(60)]
     events = [Event(5000 + n, n, i, 1) for n, i in enumerate(internal)]
-    body = _events("excl", [d.items.external(i) for i in internal], 5000)
+    body = events_body("excl", [d.items.external(i) for i in internal], 5000)
     assert (
         httpx.post(api.url + "/events", json=body, headers={"X-API-Key": "write-key-456"}).status_code == 200
     )
@@ -134,7 +120,9 @@ def test_a_corrupt_user_fails_alone_in_a_batch_and_derived_values_are_repaired(
         users = [f"iso{u}" for u in range(32)]
         for u in users:
             assert (
-                httpx.post(svc.url + "/events", json=_events(u, [f"i{j}" for j in range(1, 30)])).status_code
+                httpx.post(
+                    svc.url + "/events", json=events_body(u, [f"i{j}" for j in range(1, 30)])
+                ).status_code
                 == 200
             )
         db.set(user_keys("iso", "iso7").state, b"\x02garbage")  # the truth, unreadable
@@ -163,7 +151,10 @@ def test_a_corrupt_user_fails_alone_in_a_batch_and_derived_values_are_repaired(
         assert _metric(svc.url, "causerec_store_corrupt_states_total") >= 1
         # Writes: the broken user's events are refused (409, its truth is not overwritten), the
         # other user's are applied, and the answer says which is which.
-        mixed = {"events": _events("iso7", ["i1"], 9000)["events"] + _events("iso9", ["i2"], 9000)["events"]}
+        mixed = {
+            "events": events_body("iso7", ["i1"], 9000)["events"]
+            + events_body("iso9", ["i2"], 9000)["events"]
+        }
         r = httpx.post(svc.url + "/events", json=mixed)
         assert r.status_code == 409, r.text
         outcome = {u["user_id"]: u for u in r.json()["detail"]["users"]}
@@ -186,7 +177,9 @@ def test_the_event_loop_answers_while_a_big_batch_is_applied(
             batch = [
                 e
                 for n in range(u, min(u + 80, 1000))
-                for e in _events(f"b{n}", [catalogue[(n + j) % len(catalogue)] for j in range(12)])["events"]
+                for e in events_body(f"b{n}", [catalogue[(n + j) % len(catalogue)] for j in range(12)])[
+                    "events"
+                ]
             ]
             assert httpx.post(svc.url + "/events", json={"events": batch}, timeout=60).status_code == 200
         # Best of three batches: a shared VM stalls a whole process now and then (single probes of
@@ -194,7 +187,9 @@ def test_the_event_loop_answers_while_a_big_batch_is_applied(
         worst = []
         for attempt in range(3):
             t0 = 9000 + attempt
-            big = [_events(f"b{n}", [catalogue[n % len(catalogue)]], t0)["events"][0] for n in range(1000)]  # type: ignore[index]
+            big = [
+                events_body(f"b{n}", [catalogue[n % len(catalogue)]], t0)["events"][0] for n in range(1000)
+            ]
             latencies = _probe_while(svc.url, {"events": big})
             worst.append(max(latencies))
             if worst[-1] < 0.05 * SLACK:
