@@ -1,16 +1,16 @@
 # syntax=docker/dockerfile:1
-# Two targets:
-#   serving (default): causerec serve on onnxruntime-gpu (CUDA runtime base) or onnxruntime (ORT=cpu); no torch.
-#   trainer:           torch (CPU wheel) to run train + export into a shared volume.
-# Build: docker build -t causerec:serving .                       (GPU serving image)
-#        docker build --build-arg ORT=cpu --build-arg BASE=python:3.11-slim-bookworm -t causerec:serving-cpu .
-#        docker build --target trainer -t causerec:trainer .
-# Not built or run in this repository's CI: there is no Docker engine there (see README "Deployment").
+# The serving image (the trainer has its own file, deploy/trainer.Dockerfile, so that no builder
+# ever builds torch on the way to this one). One slim Python base for CPU and GPU:
+#   docker build -t causerec:serving-cpu-0.1.0 .                               CPU serving (no torch)
+#   docker build --build-arg ORT=gpu -t causerec:serving-gpu-0.1.0 .           onnxruntime-gpu + NVIDIA's
+#       CUDA/cuDNN pip wheels; needs only the host driver (--gpus all); without a GPU it serves on
+#       the CPU and logs a warning
+# Wheels put in deploy/wheels/ are offered to pip first (an offline mirror, a pinned wheel).
+# Proven by `make docker-smoke` (deploy/smoke.sh); its last output is in loadtests/results/.
 
-ARG BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
-ARG ORT=gpu
+ARG PYTHON=python:3.11-slim-bookworm
 
-FROM python:3.11-slim-bookworm AS wheels
+FROM ${PYTHON} AS wheels
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
@@ -20,21 +20,22 @@ COPY causerec ./causerec
 COPY loadtests ./loadtests
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
-FROM ${BASE} AS serving
-ARG ORT
+FROM ${PYTHON} AS serving
+ARG ORT=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-# The CUDA base ships no Python 3.11; the slim base does. Install it only where missing.
-RUN if ! command -v python3.11 >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends software-properties-common curl \
-      && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \
-      && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
-      && rm -rf /var/lib/apt/lists/*; fi \
-    && python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+COPY deploy/wheels/ /local-wheels/
 COPY --from=wheels /wheels /wheels
-RUN pip install "causerec[${ORT}] @ file://$(ls /wheels/causerec-*.whl)" \
-    && python -c "import service.app, sys; assert 'torch' not in sys.modules"
-RUN useradd --create-home --uid 10001 causerec
+# ORT=gpu: CUDA 12 runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9 from NVIDIA's wheels (what the CUDA
+# provider links), loaded by onnxruntime.preload_dlls(); no CUDA base image, no PPA.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --find-links /local-wheels \
+      "causerec[${ORT}] @ file://$(ls /wheels/causerec-*.whl)" \
+    && if [ "$ORT" = gpu ]; then /opt/venv/bin/pip install --find-links /local-wheels \
+         nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cufft-cu12 nvidia-curand-cu12 \
+         "nvidia-cudnn-cu12>=9,<10"; fi \
+    && rm -rf /wheels /local-wheels \
+    && /opt/venv/bin/python -c "import service.app, sys; assert 'torch' not in sys.modules"
+ENV PATH=/opt/venv/bin:$PATH
+RUN useradd --create-home --uid 10001 causerec && mkdir /bundles && chown causerec /bundles
 USER causerec
 WORKDIR /home/causerec
 EXPOSE 8000
@@ -42,12 +43,3 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"
 ENTRYPOINT ["causerec", "serve", "--host", "0.0.0.0", "--port", "8000"]
 CMD ["--bundle", "/bundles/current"]
-
-FROM python:3.11-slim-bookworm AS trainer
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-COPY --from=wheels /wheels /wheels
-RUN pip install "causerec[train,cpu] @ file://$(ls /wheels/causerec-*.whl)"
-RUN useradd --create-home --uid 10001 causerec
-USER causerec
-WORKDIR /home/causerec
-ENTRYPOINT ["causerec"]

@@ -8,6 +8,7 @@ created (ONNX Runtime silently falls back to the CPU when the CUDA libraries are
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -45,14 +46,30 @@ def make_session(path: str, device: str, intra_op_threads: int) -> ort.Inference
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    if want_cuda:
+        _preload_cuda()
     providers = [CUDA, CPU] if want_cuda else [CPU]
     try:
         session = ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
         raise BundleError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
-    if device == "cuda" and CUDA not in session.get_providers():
-        raise BundleError(f"{path}: CUDA was requested but the CUDA execution provider is not active")
+    if want_cuda and CUDA not in session.get_providers():
+        if device == "cuda":
+            raise BundleError(f"{path}: CUDA was requested but the CUDA execution provider is not active")
+        log.warning("onnxruntime-gpu installed but CUDA is not active (no GPU visible?): running on the CPU")
     return session
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """The GPU image carries CUDA and cuDNN as NVIDIA's pip wheels, not in a system path: ONNX
+    Runtime (>= 1.21) loads them from site-packages when asked to."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # missing wheels: CUDA may still come from the system libraries
+            log.info("onnxruntime.preload_dlls: %s", exc)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What can be checked of the deployment files without a Docker engine (none exists here or in CI)."""
+"""What can be checked of the deployment files without a Docker engine (CI has none). The images and
+the compose stack themselves are built and run by `make docker-smoke` (deploy/smoke.sh)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _compose() -> dict:  # type: ignore[type-arg]
 
 def test_every_service_has_a_healthcheck_and_a_pinned_image() -> None:
     services = _compose()["services"]
-    assert set(services) >= {"redis", "trainer", "api", "api-gpu", "locust"}
+    assert set(services) >= {"redis", "trainer", "api", "api-gpu", "gateway", "locust"}
     for name, svc in services.items():
         assert "healthcheck" in svc, name
         image = svc["image"]
@@ -32,6 +33,14 @@ def test_redis_is_persistent_password_protected_and_not_published() -> None:
     assert "--requirepass" in command
     assert "ports" not in redis
     assert any(v.startswith("redis-data:") for v in redis["volumes"])
+
+
+def test_the_gateway_is_the_only_published_port() -> None:
+    services = _compose()["services"]
+    published = {name for name, svc in services.items() if "ports" in svc}
+    assert published == {"gateway"}
+    assert services["gateway"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
+    assert "server api:8000" in (ROOT / "deploy" / "nginx.conf").read_text()
 
 
 def test_api_waits_for_redis_and_scales_out_and_gpu_is_a_profile() -> None:
@@ -57,7 +66,10 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
 
 def test_serving_image_runs_causerec_serve_as_non_root_with_a_readiness_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    serving = text.split("AS serving", 1)[1].split("AS trainer", 1)[0]
+    stages = re.findall(r"^FROM .*$", text, re.MULTILINE)
+    assert stages[-1].endswith("AS serving")  # the last stage: what `docker build .` builds
+    serving = text.split("AS serving", 1)[1]
+    assert "ARG ORT=cpu" in serving
     assert "USER causerec" in serving
     assert "/readyz" in serving
     assert 'ENTRYPOINT ["causerec", "serve"' in serving
@@ -85,3 +97,10 @@ def test_bundle_gate_command_waits_for_a_loadable_bundle(tiny_bundle, tmp_path) 
     )
     assert ready.returncode == 0, ready.stderr
     assert "ready" in ready.stdout
+
+
+def test_trainer_image_installs_cpu_torch_unless_asked_otherwise() -> None:
+    text = (ROOT / "deploy" / "trainer.Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
+    assert '${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}' in text
+    assert _compose()["services"]["trainer"]["build"]["dockerfile"] == "deploy/trainer.Dockerfile"
