@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store bench-retrieval loadtest docker-smoke export serve clean
+.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store bench-retrieval demo-screenshot loadtest docker-smoke export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ soak: install
 
 ## docs/RESULTS.md: the quality table on ../shared/data/ml-100k (long: hours on 2 cores; resumable).
 results: install
-	$(BIN)/python -m model.results --data-dir ../shared/data/ml-100k --out docs/results
+	$(BIN)/python -m experiments.results --dataset ml-100k --data-dir ../shared/data/ml-100k --jobs 2
 
 ## Offline model latency, CAUSE vs HSTU-full (writes loadtests/results/bench_model.json).
 bench: install
@@ -62,6 +62,17 @@ bench-variants: install
 bench-store: install
 	$(BIN)/python -m loadtests.store_bench
 	$(BIN)/python -m loadtests.store_bench --compressor memory
+
+## Retrieval at 100K and 1M items: exact vs faiss / hnswlib / usearch (writes loadtests/results/bench_retrieval_*).
+bench-retrieval: install
+	$(BIN)/python -m loadtests.bench_retrieval --items 100000 --out loadtests/results/bench_retrieval_100k
+	$(BIN)/python -m loadtests.bench_retrieval --items 1000000 --methods 'faiss HNSW' 'faiss IVF' \
+		--out loadtests/results/bench_retrieval_1m
+
+## Explorer screenshot (docs/explorer.png) of a running demo: make demo-screenshot USER_ID=1
+USER_ID ?= 1
+demo-screenshot: install
+	$(BIN)/python -m experiments.explorer_screenshot --user $(USER_ID)
 
 ## Load test: floor vs CAUSE vs HSTU-full vs /events (PRESET=ci|small|default; writes loadtests/results/).
 PRESET ?= small

@@ -3,7 +3,8 @@
 The scorer graph scores every item (exact); past a few hundred thousand items that dominates a
 request. This writes a faiss HNSW index (inner product over the same unit-norm item vectors the
 scorer uses) into the bundle; the engine (service.retrieval) searches it instead when configured,
-and still excludes seen items exactly. Chosen by measurement: loadtests/results/bench_retrieval.md.
+and still excludes seen items exactly. Chosen by measurement: loadtests/results/bench_retrieval_1m.md
+(recall@20 0.9955 at efSearch 64, 14x less time per user than exact scoring at 1M items).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import numpy as np
 from causerec.machine import machine
 
 K, D, CLUSTERS, QUERIES = 20, 64, 2000, 512
+BUILD_THREADS = len(os.sched_getaffinity(0))  # indexes are built offline (export) on every core
 Search = Callable[[np.ndarray, int], np.ndarray]  # (B, D) queries, k -> (B, k) ids
 
 
@@ -77,10 +79,11 @@ Builder = Callable[[np.ndarray], Callable[[int], Search]]
 def faiss_hnsw(items: np.ndarray) -> Callable[[int], Search]:
     import faiss
 
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(BUILD_THREADS)
     index = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 200
     index.add(items)
+    faiss.omp_set_num_threads(1)
 
     def with_ef(ef: int) -> Search:
         index.hnsw.efSearch = ef
@@ -92,7 +95,7 @@ def faiss_hnsw(items: np.ndarray) -> Callable[[int], Search]:
 def faiss_ivf(items: np.ndarray) -> Callable[[int], Search]:
     import faiss
 
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(BUILD_THREADS)
     nlist = int(4 * np.sqrt(len(items)))
     quantizer = faiss.IndexFlatIP(D)
     index = faiss.IndexIVFFlat(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -100,6 +103,7 @@ def faiss_ivf(items: np.ndarray) -> Callable[[int], Search]:
         items[np.random.default_rng(1).choice(len(items), min(len(items), 50 * nlist), replace=False)]
     )
     index.add(items)
+    faiss.omp_set_num_threads(1)
 
     def with_nprobe(nprobe: int) -> Search:
         index.nprobe = nprobe
@@ -113,7 +117,7 @@ def hnswlib_index(items: np.ndarray) -> Callable[[int], Search]:
 
     index = hnswlib.Index(space="ip", dim=D)
     index.init_index(max_elements=len(items), M=32, ef_construction=200)
-    index.add_items(items, num_threads=1)
+    index.add_items(items, num_threads=BUILD_THREADS)
     index.set_num_threads(1)
 
     def with_ef(ef: int) -> Search:
@@ -127,7 +131,7 @@ def usearch_index(items: np.ndarray) -> Callable[[int], Search]:
     from usearch.index import Index
 
     index = Index(ndim=D, metric="ip", connectivity=32, expansion_add=200)
-    index.add(np.arange(len(items)), items, threads=1)
+    index.add(np.arange(len(items)), items, threads=BUILD_THREADS)
 
     def with_expansion(ef: int) -> Search:
         index.expansion_search = ef
@@ -159,7 +163,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
 
 
-def measure(n: int) -> list[dict[str, Any]]:
+def measure(n: int, only: list[str]) -> list[dict[str, Any]]:
     items, queries = catalogue(n)
     exact = exact_ort(items)
     truth = exact(queries, K)
@@ -175,6 +179,8 @@ def measure(n: int) -> list[dict[str, Any]]:
         }
     ]
     for name, (build, params) in METHODS.items():
+        if only and not any(o.lower() in name.lower() for o in only):
+            continue
         started = time.perf_counter()
         configure = build(items)
         built = time.perf_counter() - started
@@ -200,11 +206,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--methods", nargs="*", default=[], help="only methods whose name contains one")
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_retrieval"))
     args = parser.parse_args()
-    rows = [row for n in args.items for row in measure(n)]
+    rows = [row for n in args.items for row in measure(n, args.methods)]
     record = {
-        "command": "python -m loadtests.bench_retrieval --items " + " ".join(map(str, args.items)),
+        "command": "python -m loadtests.bench_retrieval --items "
+        + " ".join(map(str, args.items))
+        + (" --methods " + " ".join(args.methods) if args.methods else "")
+        + f" --out {args.out}",
         "machine": machine(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "threads": 1,
@@ -212,7 +222,8 @@ def main() -> None:
     }
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
-        f"Machine: {record['machine']}; one thread; {QUERIES} queries, k={K}, d={D}.",
+        f"Machine: {record['machine']}; searches on one thread, builds on {BUILD_THREADS}; "
+        f"{QUERIES} queries, k={K}, d={D}. `{record['command']}`",
         "",
         "| items | method | param | recall@20 | ms/user (batch 1) | ms/user (batch 32) "
         "| speed-up (1 / 32) | build s |",

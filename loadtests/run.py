@@ -72,7 +72,7 @@ class Preset:
 
 PRESETS = {
     "ci": Preset(100, 2_000, 300, 300, (2, 8), (4,), (1,), (1, 4), 3, 4),
-    "small": Preset(2_000, 100_000, 2_048, 2_048, (1, 4, 16, 64), (16,), (1, 4), (1, 4), 10, 1),
+    "small": Preset(1_000, 100_000, 2_048, 2_048, (1, 4, 16, 64), (16,), (1, 4), (1, 4), 10, 1),
     "default": Preset(10_000, 100_000, 2_048, 2_048, (1, 4, 16, 64), (16,), (1, 4), (1, 4), 30, 1),
 }
 
@@ -406,9 +406,10 @@ def main() -> None:
         bundles["cause-uncached"] = bundles["cause"]
         extra = ["--id-users", str(preset.users), "--items-file", str(items_file)]
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
+            prefixes = {"cause": "lt-cause", "cause-uncached": "lt-cause", "hstu-full": "lt-hstu-full"}
             loads = {
-                name: asyncio.run(backfill(bundles[name], data, redis.url, f"lt-{name}", progress=False))
-                for name in plan
+                name: asyncio.run(backfill(bundles[name], data, redis.url, prefixes[name], progress=False))
+                for name in ("cause", "hstu-full")
             }
             settings = {
                 "cause": {"max_wait_ms": "2", "noop_route": "true"},
@@ -422,7 +423,7 @@ def main() -> None:
                         redis.url,
                         tmp / f"{name}.log",
                         workers=args.workers,
-                        key_prefix=f"lt-{name}",
+                        key_prefix=prefixes[name],
                         **settings[name],
                     ) as svc:
                         for config in series:
