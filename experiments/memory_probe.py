@@ -1,6 +1,6 @@
 """Does the memory compressor's consistency weight collapse the memory? (docs/VARIANTS.md)
 
-    python -m model.memory_probe --weights 0.1 1 --out docs/results/memory_probe.json
+    python -m experiments.memory_probe --weights 0.1 1 --out docs/results/memory_probe.json
 
 Trains the memory compressor on the planted synthetic data of the long-term-signal test (users
 with 4 persistent favourite categories, a 4-event recent window) once per weight lambda and
