@@ -24,7 +24,7 @@ async def backfill(
     users_per_batch: int = 64,
     progress: bool = True,
     cluster: bool = False,
-    max_categories: int | None = 16,
+    max_categories: int | None = None,
 ) -> dict[str, Any]:
     """Append every event of ``data`` (ids mapped through the bundle's catalogue); events whose item
     or action the model does not know are skipped and counted."""

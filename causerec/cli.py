@@ -276,7 +276,7 @@ def load_events(
     synthetic_events: int | None = typer.Option(None),
     seed: int = typer.Option(0),
     max_categories: int | None = typer.Option(
-        16, help="raw buckets kept per user (as CAUSEREC_MAX_CATEGORIES of the service)"
+        None, help="raw buckets kept per user (as CAUSEREC_MAX_CATEGORIES of the service; unset: all)"
     ),
 ) -> None:
     """Backfill a dataset's events into Redis through the store's own append path."""

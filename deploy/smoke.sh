@@ -51,7 +51,7 @@ wait_ready() {  # wait_ready URL SECONDS
   return 1
 }
 
-step "compose: ${compose[*]} ($("${compose[@]}" version --short 2>/dev/null || "${compose[@]}" version | head -1))"
+step "compose: ${compose[*]} ($("${compose[@]}" version --short 2>/dev/null || "${compose[@]}" version | sed -n 1p))"
 rm -f deploy/wheels/*.whl  # the serving image gets none: a copied wheel would stay in its layers
 
 step "build the serving image (default target)"
@@ -83,7 +83,7 @@ t0=$(date +%s.%N)
 dc up -d gateway >/dev/null 2>&1 || { dc logs --tail 30; fail "compose up"; }
 wait_ready "$url" 180 >/dev/null || { dc logs --tail 30 api; fail "gateway not ready"; }
 ok "ready through the gateway $(python3 -c "print(round($(date +%s.%N) - $t0, 1))")s after 'up' ($(dc ps -q api | wc -l) api replicas)"
-api1=$(dc ps -q api | head -1)
+api1=$(dc ps -q api | sed -n 1p)
 t0=$(date +%s.%N)
 docker restart "$api1" >/dev/null
 until docker exec "$api1" python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=1)" 2>/dev/null; do

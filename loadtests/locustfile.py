@@ -3,14 +3,15 @@
     locust -f loadtests/locustfile.py --headless -H http://127.0.0.1:8000 -u 16 -r 16 -t 30s \
         RecommendUser EventsUser --recommend-weight 9 --events-weight 1 --id-users 10000 --id-items 100000
 
-Ids follow the synthetic generator: users u0..u{N-1}; items from --items-file (the bundle's catalogue)
-or i0..i{M-1}. Name the user classes to
+Ids follow the synthetic generator: users u0..u{N-1}; items from --catalog (a bundle's catalog.json),
+--items-file (one id per line) or i0..i{M-1}. Name the user classes to
 run (RecommendUser, EventsUser, NoopUser); without names, the weights choose the mix.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
 from typing import Any
@@ -26,6 +27,9 @@ def _options(parser: Any) -> None:
     parser.add_argument("--id-items", type=int, default=1000, help="known item ids are i0..i{M-1}")
     parser.add_argument(
         "--items-file", default="", help="known item ids, one per line (overrides --id-items)"
+    )
+    parser.add_argument(
+        "--catalog", default="", help="a bundle's catalog.json: its items are the known ids (overrides both)"
     )
     parser.add_argument("--events-batch", type=int, default=100, help="events per POST /events")
     parser.add_argument("--k", type=int, default=20)
@@ -49,7 +53,10 @@ def _setup(environment: Any, **_: Any) -> None:
     EventsUser.weight = opts.events_weight
     if opts.pace:
         _Base.wait_time = constant_throughput(opts.pace)
-    if opts.items_file:
+    if opts.catalog:
+        with open(opts.catalog) as fh:
+            ITEMS.extend(str(i) for i in json.load(fh)["items"])
+    elif opts.items_file:
         with open(opts.items_file) as fh:
             ITEMS.extend(line.strip() for line in fh if line.strip())
     else:

@@ -35,10 +35,11 @@ class Settings(BaseSettings):
         "(those of a retired version disappear by themselves)",
     )
     max_categories: int | None = Field(
-        16,
+        None,
         ge=1,
-        description="raw buckets kept per user, most recently active first (null: every category "
-        "the user touched; see docs/STORE.md for the effect)",
+        description="raw buckets kept per user, most recently active first (unset: every category "
+        "the user touched, exact; a bound saves memory but changes some users' history tokens: "
+        "docs/STORE.md)",
     )
     max_history: int | None = Field(
         4096, ge=1, description="memory compressor: raw history events kept per user for refolds (null: all)"
