@@ -127,8 +127,9 @@ ok "redis restarted (AOF volume): 100/100 acknowledged events kept"
 step "locust profile, 15 s, through the gateway"
 dc --profile loadtest run --rm locust >/tmp/smoke-locust.log 2>&1 \
   || { tail -30 /tmp/smoke-locust.log; fail "locust reported failures"; }
-grep -m3 -E "Aggregated|/recommend|/events" /tmp/smoke-locust.log | sed 's/^/    /'
-ok "locust 15 s: $(grep -m1 -E '^ *Aggregated' /tmp/smoke-locust.log | awk '{print $2" requests, "$3" failures"}')"
+grep -E '^ *(POST +/(recommend|events)|Aggregated) +[0-9]+ +[0-9]+\(' /tmp/smoke-locust.log | tail -3 | sed 's/^/    /'
+# The last request-statistics table (the one with "# fails") is the final one.
+ok "locust 15 s: $(grep -E '^ *Aggregated +[0-9]+ +[0-9]+\(' /tmp/smoke-locust.log | tail -1 | awk '{print $2" requests, "$3" failures"}')"
 
 step "the GPU image on this GPU-less machine: serves on the CPU and says so"
 docker build --network host --build-arg ORT=gpu -t causerec:serving-gpu-0.1.0 . >/tmp/smoke-build-gpu.log 2>&1 \
