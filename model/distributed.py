@@ -28,13 +28,6 @@ class Context:
     def active(self) -> bool:
         return self.world > 1
 
-    def global_counts(self, *counts: torch.Tensor) -> list[float]:
-        """Sum each local count over the ranks (one all-reduce)."""
-        local = torch.stack([c.to(torch.float64) for c in counts]).to(self.device)
-        if self.active:
-            dist.all_reduce(local)
-        return local.tolist()  # type: ignore[no-any-return]
-
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

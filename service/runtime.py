@@ -7,7 +7,6 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -29,9 +28,6 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.bundle.version
-
-    def store_items(self, internal: np.ndarray) -> np.ndarray:
-        return self.view.ids.items.store(internal)
 
 
 def load_engine(

@@ -35,6 +35,7 @@ from service.store_codec import (
     CorruptValue,
     MemoryRecord,
     Query,
+    State,
     Tokens,
     UserKeys,
     decode_events,
@@ -164,14 +165,9 @@ class Store:
             if not blob:
                 continue
             try:
-                r.state, r.head = decode_state(blob), state_head(blob)
-                check_layout(r.state, model)
-            except (CorruptValue, LayoutMismatch) as exc:
-                self.counters.corrupt_states += isinstance(exc, CorruptValue)
-                r.state, r.error = (
-                    None,
-                    UserStateCorrupt(f"stored state of user {r.user_id!r} is unusable: {exc}"),
-                )
+                r.state, r.head = self._usable_state(model, r.user_id, blob), state_head(blob)
+            except UserStateCorrupt as exc:
+                r.error = exc
                 continue
             r.tokens = self._decoded(tok_blob, decode_tokens, "tokens")
             r.query = self._decoded(q_blob, decode_query, "query")
@@ -184,6 +180,17 @@ class Store:
         if stale:
             await self._rebuild_tokens(model, stale)
         return reads
+
+    def _usable_state(self, model: ModelView, user_id: str, blob: bytes) -> State:
+        """The user's state, or UserStateCorrupt (an unreadable one is counted: it is the truth and
+        cannot be rebuilt) when it cannot be read or has another layout than ``model``'s."""
+        try:
+            state = decode_state(blob)
+            check_layout(state, model)
+        except (CorruptValue, LayoutMismatch) as exc:
+            self.counters.corrupt_states += isinstance(exc, CorruptValue)
+            raise UserStateCorrupt(f"stored state of user {user_id!r} is unusable: {exc}") from None
+        return state
 
     def _decoded(self, blob: bytes | None, decode: Callable[[bytes], T], kind: str) -> T | None:
         if not blob:
@@ -377,14 +384,9 @@ class Store:
                 outcomes[user].error = StoreUnavailable("redis refused a read")
                 continue
             try:
-                state = decode_state(blob) if blob else None
-                if state is not None:
-                    check_layout(state, model)
-            except (CorruptValue, LayoutMismatch) as exc:
-                self.counters.corrupt_states += isinstance(exc, CorruptValue)
-                outcomes[user].error = UserStateCorrupt(
-                    f"stored state of user {user!r} is unusable, events not applied: {exc}"
-                )
+                state = self._usable_state(model, user, blob) if blob else None
+            except UserStateCorrupt as exc:
+                outcomes[user].error = UserStateCorrupt(f"{exc}; events not applied")
                 continue
             p.head = state_head(blob)
             expiry = list(scores) if isinstance(scores, list) else []
