@@ -54,73 +54,29 @@ ROWS = [
     Row("HSTU-full (cap 256)", {"mode": "hstu-full", "recent_len": 256}),
     Row("CAUSE L=16", {"mode": "cause", "recent_len": 16}),
 ]
+CAUSE16 = {"mode": "cause", "recent_len": 16}
+
+
+def variant(name: str, model: dict[str, Any], train: dict[str, Any] | None = None, kmeans: int = 0) -> Row:
+    """A variant or ablation: one seed, on the positives."""
+    return Row(name, model, train or {}, views=("positives",), seeds=ONE, kmeans=kmeans)
+
+
 VARIANTS = [
     Row("CAUSE L=64", {"mode": "cause", "recent_len": 64}, views=("all-ratings",), seeds=ONE),
-    Row("CAUSE L=8", {"mode": "cause", "recent_len": 8}, views=("positives",), seeds=ONE),
-    Row("CAUSE L=32", {"mode": "cause", "recent_len": 32}, views=("positives",), seeds=ONE),
-    Row(
-        "CAUSE L=16, V=4",
-        {"mode": "cause", "recent_len": 16, "num_buckets": 4},
-        views=("positives",),
-        seeds=ONE,
+    variant("CAUSE L=8", {"mode": "cause", "recent_len": 8}),
+    variant("CAUSE L=32", {"mode": "cause", "recent_len": 32}),
+    variant("CAUSE L=16, V=4", {**CAUSE16, "num_buckets": 4}),
+    variant("CAUSE L=16, no W_align", {**CAUSE16, "use_align": False}),
+    variant("CAUSE L=16, no action loss", CAUSE16, {"action_loss_weight": 0.0}),
+    variant("CAUSE L=16, K-Means categories", CAUSE16, kmeans=18),
+    *(
+        variant(f"CAUSE L=16, {t} tokens", {**CAUSE16, "token_layout": t})
+        for t in ("stacked", "late-fusion", "attn-mvp")
     ),
-    Row(
-        "CAUSE L=16, no W_align",
-        {"mode": "cause", "recent_len": 16, "use_align": False},
-        views=("positives",),
-        seeds=ONE,
-    ),
-    Row(
-        "CAUSE L=16, no action loss",
-        {"mode": "cause", "recent_len": 16},
-        {"action_loss_weight": 0.0},
-        ("positives",),
-        ONE,
-    ),
-    Row(
-        "CAUSE L=16, K-Means categories",
-        {"mode": "cause", "recent_len": 16},
-        views=("positives",),
-        seeds=ONE,
-        kmeans=18,
-    ),
-    Row(
-        "CAUSE L=16, stacked tokens",
-        {"mode": "cause", "recent_len": 16, "token_layout": "stacked"},
-        views=("positives",),
-        seeds=ONE,
-    ),
-    Row(
-        "CAUSE L=16, late-fusion tokens",
-        {"mode": "cause", "recent_len": 16, "token_layout": "late-fusion"},
-        views=("positives",),
-        seeds=ONE,
-    ),
-    Row(
-        "CAUSE L=16, attn-mvp tokens",
-        {"mode": "cause", "recent_len": 16, "token_layout": "attn-mvp"},
-        views=("positives",),
-        seeds=ONE,
-    ),
-    Row(
-        "L=16, memory compressor (Rec2PM)",
-        {"mode": "cause", "recent_len": 16, "compressor": "memory"},
-        views=("positives",),
-        seeds=ONE,
-    ),
-    Row(
-        "HSTU L=16, 200 sampled negatives",
-        {"mode": "hstu", "recent_len": 16},
-        {"num_negatives": 200},
-        ("positives",),
-        ONE,
-    ),
-    Row(
-        "HSTU L=16, absolute positions",
-        {"mode": "hstu", "recent_len": 16, "positions": True},
-        views=("positives",),
-        seeds=ONE,
-    ),
+    variant("L=16, memory compressor (Rec2PM)", {**CAUSE16, "compressor": "memory"}),
+    variant("HSTU L=16, 200 sampled negatives", {"mode": "hstu", "recent_len": 16}, {"num_negatives": 200}),
+    variant("HSTU L=16, absolute positions", {"mode": "hstu", "recent_len": 16, "positions": True}),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 
