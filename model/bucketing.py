@@ -23,7 +23,7 @@ any event stream (property-tested), which is what lets the store update one even
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,15 +56,19 @@ class Bucket:
         return self.keys[0]
 
 
+Entry = tuple[tuple[int, int], int]
+"""One bucket entry: ((ts, seq), item)."""
+
 CategoryOrder = Callable[[int], int]
 """Breaks ties between buckets with the same newest key (one event in several categories): the
 lower value ranks first. Training ranks by the catalogue's category id; the store, which keeps its
 own stable ids, passes the served bundle's numbering so both rank alike."""
 
 
-def _rank(bucket: Bucket, order: CategoryOrder | None = None) -> tuple[int, int, int]:
-    ts, seq = bucket.newest
-    return (-ts, -seq, bucket.category if order is None else order(bucket.category))
+def _rank(newest: tuple[int, int], category: int, order: CategoryOrder | None = None) -> tuple[int, int, int]:
+    """Sort key of a bucket: most recently active first, ties by category (or ``order``)."""
+    ts, seq = newest
+    return (-ts, -seq, category if order is None else order(category))
 
 
 def bucket_categories(item: int, categories_of: CategoriesOf) -> Sequence[int]:
@@ -91,7 +95,7 @@ def bucketize(
     for cat, events in grouped.items():
         newest = sorted(events, key=lambda e: e.key, reverse=True)[:bucket_size]
         buckets.append(Bucket(cat, tuple(e.item for e in newest), tuple(e.key for e in newest)))
-    buckets.sort(key=_rank)
+    buckets.sort(key=lambda b: _rank(b.newest, b.category))
     return buckets[:num_buckets]
 
 
@@ -111,8 +115,10 @@ class UserState:
     max_buckets: int | None = None
     order: CategoryOrder | None = None  # tie-break between buckets (default: the category id)
     recent: list[Event] = field(default_factory=list)  # oldest first, at most recent_len
-    # category -> [(key, item)] oldest first, at most bucket_size
-    buckets: dict[int, list[tuple[tuple[int, int], int]]] = field(default_factory=dict)
+    # category -> entries oldest first, at most bucket_size. A bucket is replaced, never edited in
+    # place, and ranking reads only its newest entry: the store hands in read-only buckets that
+    # decode lazily (service.store_codec.PackedBucket), so an event costs the one bucket it touches.
+    buckets: MutableMapping[int, Sequence[Entry]] = field(default_factory=dict)
 
     def append(self, event: Event, categories_of: CategoriesOf) -> set[int]:
         """Add one event; return the categories whose bucket content changed."""
@@ -132,29 +138,31 @@ class UserState:
         """Put a history event into its buckets; return the categories whose content changed."""
         touched = set()
         for cat in bucket_categories(event.item, categories_of):
-            bucket = self.buckets.setdefault(cat, [])
-            if len(bucket) == self.bucket_size and event.key < bucket[0][0]:
+            stored = self.buckets.get(cat, ())
+            if len(stored) == self.bucket_size and event.key < stored[0][0]:
                 continue  # older than everything a full bucket keeps: nothing changes
+            bucket = list(stored)
             bisect.insort(bucket, (event.key, event.item))
             if len(bucket) > self.bucket_size:
-                bucket.pop(0)
+                del bucket[0]
+            self.buckets[cat] = bucket
             touched.add(cat)
         if self.max_buckets is not None and len(self.buckets) > self.max_buckets:
-            for dropped in self.ranked()[self.max_buckets :]:
-                del self.buckets[dropped.category]
-                touched.discard(dropped.category)
+            for dropped in self.ranked_categories()[self.max_buckets :]:
+                del self.buckets[dropped]
+                touched.discard(dropped)
         return touched
 
-    def ranked(self) -> list[Bucket]:
-        """Every bucket, most recently active first."""
-        buckets = [
-            Bucket(cat, tuple(i for _, i in reversed(b)), tuple(k for k, _ in reversed(b)))
-            for cat, b in self.buckets.items()
-            if b
-        ]
-        buckets.sort(key=lambda b: _rank(b, self.order))
-        return buckets
+    def ranked_categories(self) -> list[int]:
+        """Every non-empty bucket's category, most recently active first."""
+        live = [(b[-1][0], cat) for cat, b in self.buckets.items() if b]
+        live.sort(key=lambda kc: _rank(kc[0], kc[1], self.order))
+        return [cat for _, cat in live]
 
     def top(self, num_buckets: int) -> list[Bucket]:
         """The history buckets, exactly as ``bucketize`` gives them for the same events."""
-        return self.ranked()[:num_buckets]
+        out = []
+        for cat in self.ranked_categories()[:num_buckets]:
+            keys, items = zip(*reversed(self.buckets[cat]), strict=True)
+            out.append(Bucket(cat, items, keys))
+        return out

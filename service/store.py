@@ -3,16 +3,19 @@ concurrent writer or a broken value does. The rules live in service.user_state (
 properties); this module only reads, calls them off the event loop, and writes.
 
 Read (a /recommend batch): one pipeline GETs every user's state, history tokens and query state
-for the served model version. Fresh derived state is used as is; stale or missing tokens are
-rebuilt from the state and written back (only if the state did not move meanwhile).
+for the served model version. Fresh derived state is used as
+is; stale or missing tokens are rebuilt from the state and written back (only if the state did not
+move meanwhile).
 
-Append (an /events batch): one pipeline reads the users' states, tokens and dedup scores; the new
-states and tokens are computed off the loop; one pipeline runs the append script once per user,
-which writes only if the user's state header (which holds its sequence number) is still the one
-read: a compare-and-set. Users whose state moved meanwhile are recomputed and retried; the others
-are done. So an append is two round trips per chunk of APPEND_CHUNK users, atomic per user, and
-never holds a lock across processes or requests. Chunks bound how long one batch's decoding and
-command packing hold the event loop (a 1,000-user batch otherwise stalls /healthz for ~100 ms).
+Append (an /events batch): one pipeline reads the users' states and tokens and the
+dedup scores of events that carry ids; the new states and tokens are computed off the loop (stored
+buckets no event touched are neither decoded nor re-encoded: store_codec.PackedBucket); one pipeline
+runs the append script once per user, which writes only if the user's state header (which holds its
+sequence number) is still the one read: a compare-and-set. Users whose state moved meanwhile are
+recomputed and retried; the others are done. So an append is two round trips per chunk of
+APPEND_CHUNK users, atomic per user, and never holds a lock across processes or requests. Chunks
+bound how long one batch's decoding and command packing hold the event loop (a 1,000-user batch
+otherwise stalls /healthz for ~100 ms).
 """
 
 from __future__ import annotations
@@ -369,17 +372,24 @@ class Store:
         self, model: ModelView, todo: list[tuple[str, _Pending]], outcomes: dict[str, UserOutcome], now: float
     ) -> list[tuple[str, _Pending]]:
         """Read, compute and compare-and-set every user of ``todo`` once; returns those that conflicted."""
+        # Only the keys this model has, and dedup scores only for events that carry ids: commands,
+        # not bytes, are what a pipeline costs this process. (No MGET: redis-py refuses it in a
+        # cluster pipeline although a user's keys share one slot.)
         pipe = self.redis.pipeline(transaction=False)
         for _, p in todo:
             pipe.get(p.keys.state)
             pipe.get(p.keys.tokens(model.version))
-            pipe.get(p.keys.memory(model.version))
+            if model.memory is not None:
+                pipe.get(p.keys.memory(model.version))
             ids = [e.event_id for e in p.events if e.event_id is not None]
-            pipe.zmscore(p.keys.dedup, ids) if ids else pipe.exists(p.keys.dedup)
-        replies = await self._io(pipe)
+            if ids:
+                pipe.zmscore(p.keys.dedup, ids)
+        replies = iter(await self._io(pipe))
         ready: list[tuple[str, _Pending, tuple[Any, ...]]] = []
-        for i, (user, p) in enumerate(todo):
-            blob, tok, mem, scores = replies[4 * i : 4 * i + 4]
+        for user, p in todo:
+            blob, tok = next(replies), next(replies)
+            mem = next(replies) if model.memory is not None else None
+            scores = next(replies) if any(e.event_id is not None for e in p.events) else []
             if any(isinstance(x, Exception) for x in (blob, tok, mem, scores)):
                 outcomes[user].error = StoreUnavailable("redis refused a read")
                 continue
@@ -389,7 +399,6 @@ class Store:
                 outcomes[user].error = UserStateCorrupt(f"{exc}; events not applied")
                 continue
             p.head = state_head(blob)
-            expiry = list(scores) if isinstance(scores, list) else []
             ready.append(
                 (
                     user,
@@ -398,7 +407,7 @@ class Store:
                         state,
                         self._decoded(tok, decode_tokens, "tokens"),
                         self._decoded(mem, decode_memory, "memory"),
-                        expiry,
+                        list(scores),
                     ),
                 )
             )

@@ -23,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, overload
 
 import numpy as np
 
-from model.bucketing import Event
+from model.bucketing import Entry, Event
 
 SCHEMA = 2
 FORMAT = 2  # the first byte of every value
@@ -113,24 +116,83 @@ def _head(blob: bytes, head: struct.Struct, what: str) -> tuple:  # type: ignore
 
 
 # ---- events ------------------------------------------------------------------------------------
-def encode_events(events: list[Event]) -> bytes:
+def encode_events(events: Sequence[Event]) -> bytes:
     """Events as EVENT records; a concatenation of encodings decodes as the concatenated list."""
-    return np.array([(e.ts, e.seq, e.item, e.action) for e in events], EVENT).tobytes()
+    return np.array(events, EVENT).tobytes() if len(events) else b""
+
+
+_new_event = partial(tuple.__new__, Event)  # Event._make without its per-call checks: ~2x faster
 
 
 def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
     if count < 0 and (len(blob) - offset) % EVENT.itemsize:
         raise CorruptValue(f"event records: {len(blob) - offset} bytes is not a multiple of {EVENT.itemsize}")
-    rec = np.frombuffer(blob, EVENT, count, offset)
-    return list(map(Event._make, rec.tolist()))
+    rec = np.frombuffer(blob, EVENT, count, offset)  # checks the length
+    return list(map(_new_event, struct.iter_unpack("<IIIH", rec.tobytes())))
 
 
 # ---- the state: recent window + raw buckets -----------------------------------------------------
+class PackedBucket(Sequence[Entry]):
+    """A stored bucket, left as its bytes until an entry other than the newest is read, and written
+    back as those bytes when no event touched it: an append touches one or two of a user's buckets,
+    and decoding and re-encoding all of them cost more than everything else it does.
+
+    Entries read as ((ts, seq), item), oldest first. Only the newest entry's seq is stored; the
+    older ones get negative stand-ins (-n+1 .. -1) that keep the stored order and sort below every
+    real seq at an equal timestamp, which is where any event that can still join this bucket
+    belongs (docs/STORE.md, "Values")."""
+
+    __slots__ = ("_entries", "newest_seq", "records")
+
+    def __init__(self, records: bytes, newest_seq: int) -> None:
+        self.records = records  # BUCKET_ITEM records, oldest first
+        self.newest_seq = newest_seq
+        self._entries: list[Entry] | None = None
+
+    def _decoded(self) -> list[Entry]:
+        if self._entries is None:
+            flat = struct.unpack(f"<{len(self.records) // 4}I", self.records)
+            seqs = list(range(1 - len(flat) // 2, 1))
+            seqs[-1] = self.newest_seq
+            self._entries = list(zip(zip(flat[0::2], seqs, strict=True), flat[1::2], strict=True))
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self.records) // BUCKET_ITEM.itemsize
+
+    @overload
+    def __getitem__(self, i: int) -> Entry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Entry]: ...
+    def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
+        if isinstance(i, int) and i in (-1, len(self) - 1):  # ranking reads only the newest entry
+            ts, item = struct.unpack_from("<II", self.records, len(self.records) - BUCKET_ITEM.itemsize)
+            return ((ts, self.newest_seq), item)
+        return self._decoded()[i]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._decoded())
+
+    def __reversed__(self) -> Iterator[Entry]:
+        return reversed(self._decoded())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def item_ids(self) -> np.ndarray:
+        """(n,) uint32 items, oldest first, without decoding the entries."""
+        return np.frombuffer(self.records, BUCKET_ITEM)["item"]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PackedBucket({self._decoded()!r})"
+
+
 @dataclass
 class State:
-    """One user's truth, in store ids. ``buckets`` maps a category to its items oldest first, as
-    ((ts, seq), item) entries: only the newest entry's seq is stored (the order of the entries gives
-    the rest of the key; see docs/STORE.md), so decoded older entries carry negative stand-in seqs."""
+    """One user's truth, in store ids. ``buckets`` maps a category to its entries oldest first,
+    ((ts, seq), item); decoded buckets are PackedBucket (read-only, decoded on demand)."""
 
     kind: int
     recent_len: int
@@ -139,7 +201,7 @@ class State:
     history_seq: int = 0  # next_seq at the last change of the history (derived state is stamped with it)
     history_len: int = 0  # memory compressor: events in `hist`
     recent: list[Event] = field(default_factory=list)  # oldest first
-    buckets: dict[int, list[tuple[tuple[int, int], int]]] = field(default_factory=dict)
+    buckets: MutableMapping[int, Sequence[Entry]] = field(default_factory=dict)
 
 
 def encode_state(s: State) -> bytes:
@@ -158,12 +220,25 @@ def encode_state(s: State) -> bytes:
         encode_events(s.recent),
     ]
     for cat, entries in s.buckets.items():
+        if isinstance(entries, PackedBucket):  # untouched since it was read: its bytes as they are
+            parts += [_BUCKET_HEAD.pack(cat, entries.newest_seq, len(entries)), entries.records]
+            continue
+        flat: list[Any] = [x for (ts, _), item in entries for x in (ts, item)]
         parts.append(_BUCKET_HEAD.pack(cat, entries[-1][0][1], len(entries)))
-        parts.append(np.array([(ts, item) for (ts, _), item in entries], BUCKET_ITEM).tobytes())
+        parts.append(struct.pack(f"<{len(flat)}I", *flat))
     return b"".join(parts)
 
 
+def bucket_items(bucket: Sequence[Entry]) -> np.ndarray:
+    """(n,) items of a bucket, oldest first, as stored or as the rule left them."""
+    if isinstance(bucket, PackedBucket):
+        return bucket.item_ids()
+    return np.array([item for _, item in bucket], np.int64)
+
+
 def decode_state(blob: bytes) -> State:
+    """The state; buckets stay bytes (PackedBucket) until read. Every length is checked here, so a
+    truncated or padded value is refused now rather than misread later."""
     fmt, kind, length, g, n_recent, n_buckets, next_seq, history_seq, history_len = _head(
         blob, _STATE_HEAD, "state"
     )
@@ -171,18 +246,15 @@ def decode_state(blob: bytes) -> State:
         off = _STATE_HEAD.size
         recent = decode_events(blob, off, n_recent)
         off += n_recent * EVENT.itemsize
-        buckets: dict[int, list[tuple[tuple[int, int], int]]] = {}
+        buckets: dict[int, Sequence[Entry]] = {}
         for _ in range(n_buckets):
             cat, newest_seq, n = _BUCKET_HEAD.unpack_from(blob, off)
             off += _BUCKET_HEAD.size
-            rows = np.frombuffer(blob, BUCKET_ITEM, n, off).tolist()
-            off += n * BUCKET_ITEM.itemsize
-            # Older entries get negative stand-in seqs (-n+1 .. -1): they keep the stored order and
-            # sort below every real seq at an equal timestamp, which is where any event that can
-            # still join this bucket belongs (docs/STORE.md, "Values"); the newest keeps its own.
-            buckets[cat] = [
-                ((ts, newest_seq if j == n - 1 else j - n + 1), item) for j, (ts, item) in enumerate(rows)
-            ]
+            end = off + n * BUCKET_ITEM.itemsize
+            if not n or end > len(blob):
+                raise ValueError(f"bucket of {n} entries at byte {off} of {len(blob)}")
+            buckets[cat] = PackedBucket(blob[off:end], newest_seq)
+            off = end
     except (struct.error, ValueError) as exc:
         raise CorruptValue(f"state: truncated ({exc})") from None
     if off != len(blob):

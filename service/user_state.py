@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.bucketing import Bucket, CategoriesOf, CategoryOrder, Event, UserState
+from model.bucketing import CategoriesOf, CategoryOrder, Event, UserState
 from service.ids import StoreIds
 from service.memory_store import MemoryView
-from service.store_codec import KIND_BUCKETS, KIND_MEMORY, MemoryRecord, State, Tokens
+from service.store_codec import KIND_BUCKETS, KIND_MEMORY, MemoryRecord, State, Tokens, bucket_items
 
 TokenFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -136,11 +136,11 @@ def apply_events(
     return out
 
 
-def top_buckets(state: State, model: ModelView) -> list[Bucket]:
-    """The V history buckets of a bucket state, as the rule ranks them for this bundle."""
-    return UserState(
-        model.recent_len, model.bucket_size, order=model.category_order, buckets=state.buckets
-    ).top(model.num_buckets)
+def top_categories(state: State, model: ModelView) -> list[int]:
+    """The categories of a bucket state's V history buckets, as the rule ranks them for this bundle.
+    Ranking reads only each bucket's newest entry, so stored buckets stay undecoded."""
+    rule = UserState(model.recent_len, model.bucket_size, order=model.category_order, buckets=state.buckets)
+    return rule.ranked_categories()[: model.num_buckets]
 
 
 @dataclass
@@ -148,8 +148,10 @@ class TokenJob:
     """One user's history tokens to build: the new top V, reusing what is still valid."""
 
     history_seq: int
-    buckets: list[Bucket]
+    categories: list[int]  # the V history buckets, most recently active first
+    newest: list[tuple[int, int]]  # (ts, seq) of each one's newest item
     reuse: dict[int, np.ndarray]  # category -> token still valid (untouched, same model)
+    items: dict[int, np.ndarray]  # category -> items (newest first) of a bucket whose token must be computed
 
 
 def token_job(state: State, old: Tokens | None, touched: set[int], model: ModelView) -> TokenJob:
@@ -160,27 +162,34 @@ def token_job(state: State, old: Tokens | None, touched: set[int], model: ModelV
         if old is None
         else {int(c): t for c, t in zip(old.categories, old.tokens, strict=True) if int(c) not in touched}
     )
-    return TokenJob(state.history_seq, top_buckets(state, model), reuse)
+    cats = top_categories(state, model)
+    return TokenJob(
+        state.history_seq,
+        cats,
+        [state.buckets[c][-1][0] for c in cats],
+        reuse,
+        {c: bucket_items(state.buckets[c])[::-1] for c in cats if c not in reuse},  # newest first
+    )
 
 
 def build_tokens(model: ModelView, jobs: list[TokenJob]) -> list[Tokens]:
     """Every job's tokens with one call of the bundle's history graph for all buckets to compute."""
-    need = [b for job in jobs for b in job.buckets if b.category not in job.reuse]
+    need = [(c, job.items[c]) for job in jobs for c in job.categories if c not in job.reuse]
     computed = np.zeros((0, model.d_model), np.float32)
     if need:
         items = np.zeros((len(need), model.bucket_size), np.int64)
-        for row, b in enumerate(need):
-            items[row, : len(b.items)] = b.items
+        for row, (_, bucket) in enumerate(need):
+            items[row, : len(bucket)] = bucket
         # Model ids; what this bundle does not know (negative placeholders) is padding / no category.
         internal_items = np.maximum(model.ids.items.internal(items.ravel()).reshape(items.shape), 0)
-        cats = np.maximum(model.ids.categories.internal(np.array([b.category for b in need])), 0)
+        cats = np.maximum(model.ids.categories.internal(np.array([c for c, _ in need])), 0)
         computed = model.bucket_tokens(internal_items, cats)
     out, cursor = [], 0
     for job in jobs:
         rows = []
-        for b in job.buckets:
-            if b.category in job.reuse:
-                rows.append(job.reuse[b.category])
+        for c in job.categories:
+            if c in job.reuse:
+                rows.append(job.reuse[c])
             else:
                 rows.append(computed[cursor])
                 cursor += 1
@@ -188,8 +197,8 @@ def build_tokens(model: ModelView, jobs: list[TokenJob]) -> list[Tokens]:
             Tokens(
                 model.version,
                 job.history_seq,
-                np.array([b.category for b in job.buckets], np.int64),
-                np.array([b.newest for b in job.buckets], np.int64).reshape(-1, 2),
+                np.array(job.categories, np.int64),
+                np.array(job.newest, np.int64).reshape(-1, 2),
                 np.stack(rows).astype(np.float32) if rows else np.zeros((0, model.d_model), np.float32),
             )
         )
@@ -203,7 +212,7 @@ def seen_items(state: State, tokens: Tokens | None, model: ModelView) -> np.ndar
     excluded."""
     parts = [np.array([e.item for e in state.recent], np.int64)]
     if model.memory is None:
-        parts += [np.array(b.items, np.int64) for b in top_buckets(state, model)]
+        parts += [bucket_items(state.buckets[c]) for c in top_categories(state, model)]
     elif tokens is not None:
         parts.append(np.asarray(tokens.exclude, np.int64))
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)

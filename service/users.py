@@ -9,7 +9,7 @@ from service.runtime import LoadedModel
 from service.schemas import StoredBucket, StoredEvent, UserState
 from service.store import Store
 from service.store_types import Inspected
-from service.user_state import top_buckets
+from service.user_state import top_categories
 
 SHOWN_PER_BUCKET = 32
 
@@ -37,7 +37,7 @@ async def describe(model: LoadedModel, store: Store, user_id: str, found: Inspec
             known=i > 0,
         )
 
-    read = {b.category for b in top_buckets(state, view)} if buckets else set()
+    read = set(top_categories(state, view)) if buckets else set()
     ranked = sorted(state.buckets.items(), key=lambda kv: (-kv[1][-1][0][0], -kv[1][-1][0][1]))
     cats = view.ids.categories.internal(np.array([c for c, _ in ranked], np.int64)).tolist()
     return UserState(

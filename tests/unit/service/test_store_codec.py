@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.bucketing import Event
+from model.bucketing import Event, UserState
 from service.store_codec import (
     KIND_BUCKETS,
     CorruptValue,
     MemoryRecord,
+    PackedBucket,
     Query,
     State,
     Tokens,
@@ -86,6 +87,35 @@ def test_decoded_buckets_keep_their_order_and_newest_key() -> None:
     back = decode_state(encode_state(s)).buckets[3]
     assert back == [((10, -2), 1), ((10, -1), 2), ((12, 30), 3)]
     assert back == sorted(back)
+
+
+def test_buckets_no_event_touched_are_written_back_as_read() -> None:
+    """An append decodes and re-encodes only the buckets it changes: the others keep their bytes."""
+    s = State(
+        KIND_BUCKETS,
+        1,
+        2,
+        9,
+        9,
+        0,
+        [Event(30, 8, 4, 1)],
+        {3: [((10, 1), 1), ((12, 2), 2)], 5: [((11, 3), 7)], 6: [((13, 4), 8), ((14, 5), 9)]},
+    )
+    blob = encode_state(s)
+    back = decode_state(blob)
+    assert all(isinstance(b, PackedBucket) for b in back.buckets.values())
+    assert encode_state(back) == blob
+    rule = UserState(1, 2, recent=back.recent, buckets=back.buckets)
+    assert rule.append(Event(31, 9, 6, 1), lambda item: (5,)) == {5}  # item 4 leaves the window
+    assert [type(b) for b in back.buckets.values()] == [PackedBucket, list, PackedBucket]
+    back.recent, back.next_seq = rule.recent, 10
+    again = decode_state(encode_state(back))
+    assert again.buckets == {
+        3: [((10, -1), 1), ((12, 2), 2)],
+        5: [((11, -1), 7), ((30, 8), 4)],
+        6: [((13, -1), 8), ((14, 5), 9)],
+    }
+    assert rule.top(2)[0].items == (4, 7)  # bucket 5 is now the most recently active
 
 
 def test_tokens_bytes() -> None:
