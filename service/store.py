@@ -2,20 +2,19 @@
 concurrent writer or a broken value does. The rules live in service.user_state (pure, tested by
 properties); this module only reads, calls them off the event loop, and writes.
 
-Read (a /recommend batch): one pipeline GETs every user's state, history tokens and query state
-for the served model version. Fresh derived state is used as
-is; stale or missing tokens are rebuilt from the state and written back (only if the state did not
-move meanwhile).
+Read (a /recommend batch): one pipeline GETs every user's state, history tokens and query state for
+the served model version. Fresh derived state is used as is; stale or missing tokens are rebuilt
+from the state and written back (only if the state did not move meanwhile).
 
-Append (an /events batch): one pipeline reads the users' states and tokens and the
-dedup scores of events that carry ids; the new states and tokens are computed off the loop (stored
-buckets no event touched are neither decoded nor re-encoded: store_codec.PackedBucket); one pipeline
-runs the append script once per user, which writes only if the user's state header (which holds its
-sequence number) is still the one read: a compare-and-set. Users whose state moved meanwhile are
-recomputed and retried; the others are done. So an append is two round trips per chunk of
-APPEND_CHUNK users, atomic per user, and never holds a lock across processes or requests. Chunks
-bound how long one batch's decoding and command packing hold the event loop (a 1,000-user batch
-otherwise stalls /healthz for ~100 ms).
+Append (an /events batch): one pipeline reads the users' states and tokens and the dedup scores of
+events that carry ids; the new states and tokens are computed off the loop (stored buckets no event
+touched are neither decoded nor re-encoded: store_codec.PackedBucket); one pipeline runs the append
+script once per user, which writes only if the user's state header (which holds its sequence number)
+is still the one read: a compare-and-set. Users whose state moved meanwhile are recomputed and
+retried; the others are done. So an append is two round trips per chunk of APPEND_CHUNK users,
+atomic per user, and never holds a lock across processes or requests. Chunks bound how long one
+batch's decoding and command packing hold the event loop (a 1,000-user batch otherwise stalls
+/healthz for ~100 ms).
 """
 
 from __future__ import annotations
@@ -376,20 +375,20 @@ class Store:
         # not bytes, are what a pipeline costs this process. (No MGET: redis-py refuses it in a
         # cluster pipeline although a user's keys share one slot.)
         pipe = self.redis.pipeline(transaction=False)
-        for _, p in todo:
+        ids = [[e.event_id for e in p.events if e.event_id is not None] for _, p in todo]
+        for (_, p), user_ids in zip(todo, ids, strict=True):
             pipe.get(p.keys.state)
             pipe.get(p.keys.tokens(model.version))
             if model.memory is not None:
                 pipe.get(p.keys.memory(model.version))
-            ids = [e.event_id for e in p.events if e.event_id is not None]
-            if ids:
-                pipe.zmscore(p.keys.dedup, ids)
+            if user_ids:
+                pipe.zmscore(p.keys.dedup, user_ids)
         replies = iter(await self._io(pipe))
         ready: list[tuple[str, _Pending, tuple[Any, ...]]] = []
-        for user, p in todo:
+        for (user, p), user_ids in zip(todo, ids, strict=True):
             blob, tok = next(replies), next(replies)
             mem = next(replies) if model.memory is not None else None
-            scores = next(replies) if any(e.event_id is not None for e in p.events) else []
+            scores = next(replies) if user_ids else []
             if any(isinstance(x, Exception) for x in (blob, tok, mem, scores)):
                 outcomes[user].error = StoreUnavailable("redis refused a read")
                 continue

@@ -42,6 +42,10 @@ MAX_U32 = 2**32 - 1
 
 EVENT = np.dtype([("ts", "<u4"), ("seq", "<u4"), ("item", "<u4"), ("action", "<u2")])  # 14 bytes
 BUCKET_ITEM = np.dtype([("ts", "<u4"), ("item", "<u4")])  # 8 bytes; order gives the rest of the key
+# The same records for struct, which builds Python tuples faster than numpy's tolist() + a copy.
+_EVENT_ROW = struct.Struct("<IIIH")
+_BUCKET_ROW = struct.Struct("<II")
+assert (_EVENT_ROW.size, _BUCKET_ROW.size) == (EVENT.itemsize, BUCKET_ITEM.itemsize)
 _STATE_HEAD = struct.Struct(
     "<BBHHHHIII"
 )  # format, kind, L, G, n recent, n buckets, next seq, history seq, history len
@@ -127,8 +131,11 @@ _new_event = partial(tuple.__new__, Event)  # Event._make without its per-call c
 def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
     if count < 0 and (len(blob) - offset) % EVENT.itemsize:
         raise CorruptValue(f"event records: {len(blob) - offset} bytes is not a multiple of {EVENT.itemsize}")
-    rec = np.frombuffer(blob, EVENT, count, offset)  # checks the length
-    return list(map(_new_event, struct.iter_unpack("<IIIH", rec.tobytes())))
+    n = (len(blob) - offset) // EVENT.itemsize if count < 0 else count
+    end = offset + n * EVENT.itemsize
+    if end > len(blob):
+        raise ValueError(f"{n} event records from byte {offset} need {end} bytes, have {len(blob)}")
+    return list(map(_new_event, _EVENT_ROW.iter_unpack(blob[offset:end])))
 
 
 # ---- the state: recent window + raw buckets -----------------------------------------------------
@@ -151,7 +158,7 @@ class PackedBucket(Sequence[Entry]):
 
     def _decoded(self) -> list[Entry]:
         if self._entries is None:
-            flat = struct.unpack(f"<{len(self.records) // 4}I", self.records)
+            flat = struct.unpack(f"<{2 * len(self)}I", self.records)
             seqs = list(range(1 - len(flat) // 2, 1))
             seqs[-1] = self.newest_seq
             self._entries = list(zip(zip(flat[0::2], seqs, strict=True), flat[1::2], strict=True))
@@ -166,7 +173,7 @@ class PackedBucket(Sequence[Entry]):
     def __getitem__(self, i: slice) -> list[Entry]: ...
     def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
         if isinstance(i, int) and i in (-1, len(self) - 1):  # ranking reads only the newest entry
-            ts, item = struct.unpack_from("<II", self.records, len(self.records) - BUCKET_ITEM.itemsize)
+            ts, item = _BUCKET_ROW.unpack_from(self.records, len(self.records) - _BUCKET_ROW.size)
             return ((ts, self.newest_seq), item)
         return self._decoded()[i]
 
@@ -179,11 +186,11 @@ class PackedBucket(Sequence[Entry]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
+    __hash__ = None  # type: ignore[assignment]
+
     def item_ids(self) -> np.ndarray:
         """(n,) uint32 items, oldest first, without decoding the entries."""
         return np.frombuffer(self.records, BUCKET_ITEM)["item"]
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"PackedBucket({self._decoded()!r})"
