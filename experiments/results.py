@@ -77,6 +77,16 @@ VARIANTS = [
     variant("L=16, memory compressor (Rec2PM)", {**CAUSE16, "compressor": "memory"}),
     variant("HSTU L=16, 200 sampled negatives", {"mode": "hstu", "recent_len": 16}, {"num_negatives": 200}),
     variant("HSTU L=16, absolute positions", {"mode": "hstu", "recent_len": 16, "positions": True}),
+    # Where HSTU's test deficit against SASRec comes from (findings.md): the same SiLU backbone
+    # without the interleaved action tokens, and the interleaved tokens through softmax attention.
+    variant(
+        "HSTU L=16, item tokens only",
+        {"mode": "hstu", "recent_len": 16, "token_layout": "items", "positions": True},
+        {"action_loss_weight": 0.0},
+    ),
+    variant(
+        "HSTU L=16 tokens, softmax attention", {"mode": "hstu", "recent_len": 16, "backbone": "transformer"}
+    ),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 
