@@ -136,11 +136,16 @@ def apply_events(
     return out
 
 
-def top_categories(state: State, model: ModelView) -> list[int]:
-    """The categories of a bucket state's V history buckets, as the rule ranks them for this bundle.
-    Ranking reads only each bucket's newest entry, so stored buckets stay undecoded."""
+def ranked_categories(state: State, model: ModelView) -> list[int]:
+    """Every bucket's category of a bucket state, most recently active first, as the rule ranks them
+    for this bundle. Ranking reads only each bucket's newest entry, so stored buckets stay undecoded."""
     rule = UserState(model.recent_len, model.bucket_size, order=model.category_order, buckets=state.buckets)
-    return rule.ranked_categories()[: model.num_buckets]
+    return rule.ranked_categories()
+
+
+def top_categories(state: State, model: ModelView) -> list[int]:
+    """The categories of the V history buckets."""
+    return ranked_categories(state, model)[: model.num_buckets]
 
 
 @dataclass

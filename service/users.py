@@ -9,7 +9,7 @@ from service.runtime import LoadedModel
 from service.schemas import StoredBucket, StoredEvent, UserState
 from service.store import Store
 from service.store_types import Inspected
-from service.user_state import top_categories
+from service.user_state import ranked_categories
 
 SHOWN_PER_BUCKET = 32
 
@@ -37,8 +37,11 @@ async def describe(model: LoadedModel, store: Store, user_id: str, found: Inspec
             known=i > 0,
         )
 
-    read = set(top_categories(state, view)) if buckets else set()
-    ranked = sorted(state.buckets.items(), key=lambda kv: (-kv[1][-1][0][0], -kv[1][-1][0][1]))
+    # The rule's own order (ties between categories included), so the V buckets shown first are
+    # exactly the ones the history tokens read.
+    order = ranked_categories(state, view)
+    read = set(order[: view.num_buckets]) if buckets else set()
+    ranked = [(c, state.buckets[c]) for c in order]
     cats = view.ids.categories.internal(np.array([c for c, _ in ranked], np.int64)).tolist()
     return UserState(
         user_id=user_id,

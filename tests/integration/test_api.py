@@ -354,3 +354,31 @@ def test_corrupt_bundle_on_reload_is_rejected_and_old_model_keeps_serving(api, t
     assert r.status_code == 422
     assert "checksum does not match" in r.json()["detail"]
     assert recommend(api, "after-bad-reload")["model_version"] == version
+
+
+def test_user_state_lists_buckets_in_the_rules_order_ties_included(api, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
+    """GET /users shows buckets most recently active first, ties between the categories of one item
+    broken by the bundle's category id as the rule does, so the V buckets listed first are exactly
+    the ones the history tokens read."""
+    d = tiny_dataset
+    cat_id = {d.categories.external(c): c for c in range(1, len(d.categories) + 1)}
+    single = {
+        c: next(i for i in range(1, d.num_items + 1) if d.item_categories[i] == (c,)) for c in cat_id.values()
+    }
+    multi = next(i for i in range(1, d.num_items + 1) if len(d.item_categories[i]) == 2)
+    others = [c for c in single if c not in d.item_categories[multi]]
+    # History (leaves the 8-event window): filler, the two-category item, then 3 other categories,
+    # so the tie falls on ranks 4 and 5, across the V=4 boundary.
+    history = [single[others[3]], multi, *(single[c] for c in others[:3])]
+    items = history + [single[others[0]]] * 8
+    events = [
+        {"user_id": "lister", "item_id": d.items.external(i), "action": "view", "timestamp": 5000 + n}
+        for n, i in enumerate(items)
+    ]
+    assert post(api, "/events", {"events": events}).json()["accepted"] == len(events)
+    r = httpx.get(api.url + "/users/lister", headers=R, timeout=10)
+    assert r.status_code == 200, r.text
+    shown = [(cat_id[b["category"]], b["in_history_tokens"]) for b in r.json()["buckets"]]
+    tie = sorted(d.item_categories[multi])
+    assert [c for c, _ in shown] == [*reversed(others[:3]), *tie, others[3]]
+    assert [read for _, read in shown] == [True] * 4 + [False] * 2
