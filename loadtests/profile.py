@@ -25,7 +25,7 @@ from typing import Any
 from causerec.backfill import backfill
 from causerec.machine import machine
 from export.bundle import export_bundle
-from loadtests.run import PRESETS, locust_step, population, untrained_run, warm, write_items
+from loadtests.run import CAUSE_MODEL, PRESETS, locust_step, population, untrained_run, warm, write_items
 from loadtests.service_process import ServiceProcess
 from service.redis_server import EmbeddedRedis
 
@@ -77,11 +77,7 @@ def main() -> None:
     result["machine"] = machine()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        run = untrained_run(
-            data, tmp / "cause", mode="cause", recent_len=64, num_buckets=8, bucket_size=32,
-            d_model=64, num_layers=3, num_heads=8, dropout=0.0,
-        )  # fmt: skip
-        export_bundle(run, tmp / "bundle")
+        export_bundle(untrained_run(data, tmp / "cause", **CAUSE_MODEL), tmp / "bundle")
         extra = ["--id-users", str(preset.users), "--items-file", str(write_items(data, tmp / "items.txt"))]
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
             asyncio.run(backfill(tmp / "bundle", data, redis.url, "lt", progress=False))

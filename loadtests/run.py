@@ -111,6 +111,11 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
     }
 
 
+BACKBONE = {"d_model": 64, "num_layers": 3, "num_heads": 8, "dropout": 0.0}
+CAUSE_MODEL = {"mode": "cause", "recent_len": 64, "num_buckets": 8, "bucket_size": 32, **BACKBONE}
+"""The served CAUSE bundle of the load test and of loadtests.profile (L=64, V=8, G=32)."""
+
+
 def untrained_run(data: Dataset, run_dir: Path, **model_cfg: Any) -> Path:
     torch.manual_seed(0)
     model = build_model(data, **model_cfg)
@@ -386,18 +391,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         items_file = write_items(data, tmp / "items.txt")
-        common = {"d_model": 64, "num_layers": 3, "num_heads": 8, "dropout": 0.0}
         runs = {
-            "cause": untrained_run(
-                data, tmp / "cause", mode="cause", recent_len=64, num_buckets=8, bucket_size=32, **common
-            ),
+            "cause": untrained_run(data, tmp / "cause", **CAUSE_MODEL),
             "hstu-full": untrained_run(
                 data,
                 tmp / "full",
                 mode="hstu-full",
                 recent_len=preset.full_cap,
                 max_rel_pos=2 * preset.full_cap + 2,
-                **common,
+                **BACKBONE,
             ),
         }
         bundles = {name: tmp / f"{name}-bundle" for name in runs}
