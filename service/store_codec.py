@@ -26,11 +26,13 @@ import struct
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, overload
+from itertools import accumulate
+from typing import overload
 
 import numpy as np
 
 from model.bucketing import Entry, Event
+from service import packed_ints
 
 SCHEMA = 2
 FORMAT = 2  # the first byte of every value
@@ -41,15 +43,16 @@ KIND_BUCKETS, KIND_MEMORY = 0, 1  # what the state's history is kept as
 MAX_U32 = 2**32 - 1
 
 EVENT = np.dtype([("ts", "<u4"), ("seq", "<u4"), ("item", "<u4"), ("action", "<u2")])  # 14 bytes
-BUCKET_ITEM = np.dtype([("ts", "<u4"), ("item", "<u4")])  # 8 bytes; order gives the rest of the key
-# The same records for struct, which builds Python tuples faster than numpy's tolist() + a copy.
+# The same record for struct, which builds Python tuples faster than numpy's tolist() + a copy.
 _EVENT_ROW = struct.Struct("<IIIH")
-_BUCKET_ROW = struct.Struct("<II")
-assert (_EVENT_ROW.size, _BUCKET_ROW.size) == (EVENT.itemsize, BUCKET_ITEM.itemsize)
+assert _EVENT_ROW.size == EVENT.itemsize
 _STATE_HEAD = struct.Struct(
     "<BBHHHHIII"
 )  # format, kind, L, G, n recent, n buckets, next seq, history seq, history len
-_BUCKET_HEAD = struct.Struct("<IIH")  # category, newest seq, n items
+_BASE_TS = struct.Struct("<I")  # the recent window's oldest ts
+_BUCKET_HEAD = struct.Struct("<IHIII")  # category, n items, newest (ts, seq, item)
+_BUCKET_HEAD_V2 = struct.Struct("<IIH")  # format 2: category, newest seq, n items
+_BUCKET_ROW = struct.Struct("<II")  # format 2: ts, item
 _TOK_HEAD = struct.Struct("<B16sIHH")  # format, model version, history seq, n tokens, D
 _TOK_ROW = np.dtype([("category", "<u4"), ("ts", "<u4"), ("seq", "<u4")])
 _QUERY_HEAD = struct.Struct("<B16sIH")  # format, model version, next seq, D
@@ -139,6 +142,12 @@ def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
 
 
 # ---- the state: recent window + raw buckets -----------------------------------------------------
+STATE_FORMAT = 3
+"""The state's first byte. Format 3 keeps ids, time gaps and seq distances as two-byte
+service.packed_ints; format 2, fixed-width records, is still read, and a user's state is rewritten
+as format 3 at its next event."""
+
+
 class PackedBucket(Sequence[Entry]):
     """A stored bucket, left as its bytes until an entry other than the newest is read, and written
     back as those bytes when no event touched it: an append touches one or two of a user's buckets,
@@ -149,32 +158,40 @@ class PackedBucket(Sequence[Entry]):
     real seq at an equal timestamp, which is where any event that can still join this bucket
     belongs (docs/STORE.md, "Values")."""
 
-    __slots__ = ("_entries", "newest_seq", "records")
+    __slots__ = ("_entries", "block", "n", "newest")
 
-    def __init__(self, records: bytes, newest_seq: int) -> None:
-        self.records = records  # BUCKET_ITEM records, oldest first
-        self.newest_seq = newest_seq
+    def __init__(self, block: bytes, n: int, newest: tuple[int, int, int]) -> None:
+        self.block = block  # packed_ints: the n - 1 older entries' gaps to the next entry, their items
+        self.n = n
+        self.newest = newest  # (ts, seq, item) of the newest entry
         self._entries: list[Entry] | None = None
+
+    def _older(self) -> tuple[Sequence[int], Sequence[int]]:
+        """(gaps, items) of the n - 1 older entries, oldest first."""
+        older = self.n - 1
+        values = packed_ints.unpack(self.block, 0, 2 * older)
+        return values[:older], values[older:]
 
     def _decoded(self) -> list[Entry]:
         if self._entries is None:
-            flat = struct.unpack(f"<{2 * len(self)}I", self.records)
-            seqs = list(range(1 - len(flat) // 2, 1))
-            seqs[-1] = self.newest_seq
-            self._entries = list(zip(zip(flat[0::2], seqs, strict=True), flat[1::2], strict=True))
+            gaps, items = self._older()
+            newest_ts, newest_seq, newest_item = self.newest
+            ts = [newest_ts - back for back in accumulate(reversed(gaps))][::-1]  # ts_i = ts_i+1 - gap_i
+            keys = zip(ts, range(1 - self.n, 0), strict=True)
+            self._entries = [*zip(keys, items, strict=True), ((newest_ts, newest_seq), newest_item)]
         return self._entries
 
     def __len__(self) -> int:
-        return len(self.records) // BUCKET_ITEM.itemsize
+        return self.n
 
     @overload
     def __getitem__(self, i: int) -> Entry: ...
     @overload
     def __getitem__(self, i: slice) -> list[Entry]: ...
     def __getitem__(self, i: int | slice) -> Entry | list[Entry]:
-        if isinstance(i, int) and i in (-1, len(self) - 1):  # ranking reads only the newest entry
-            ts, item = _BUCKET_ROW.unpack_from(self.records, len(self.records) - _BUCKET_ROW.size)
-            return ((ts, self.newest_seq), item)
+        if isinstance(i, int) and i in (-1, self.n - 1):  # ranking reads only the newest entry
+            ts, seq, item = self.newest
+            return ((ts, seq), item)
         return self._decoded()[i]
 
     def __iter__(self) -> Iterator[Entry]:
@@ -189,8 +206,8 @@ class PackedBucket(Sequence[Entry]):
     __hash__ = None  # type: ignore[assignment]
 
     def item_ids(self) -> np.ndarray:
-        """(n,) uint32 items, oldest first, without decoding the entries."""
-        return np.frombuffer(self.records, BUCKET_ITEM)["item"]
+        """(n,) int64 items, oldest first, without building the entries."""
+        return np.array([*self._older()[1], self.newest[2]], np.int64)
 
     def __repr__(self) -> str:
         return f"PackedBucket({self._decoded()!r})"
@@ -211,10 +228,56 @@ class State:
     buckets: MutableMapping[int, Sequence[Entry]] = field(default_factory=dict)
 
 
+def _gaps(ts: Sequence[int]) -> list[int]:
+    """Differences of consecutive timestamps in key order (never negative)."""
+    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    if min(gaps, default=0) < 0:
+        raise ValueError("timestamps out of key order")
+    return gaps
+
+
+def _pack_bucket(cat: int, entries: Sequence[Entry]) -> list[bytes]:
+    if isinstance(entries, PackedBucket):  # untouched since it was read: its bytes as they are
+        block, newest = entries.block, entries.newest
+    else:
+        (ts, seq), item = entries[-1]
+        newest = (ts, seq, item)
+        block = packed_ints.pack(_gaps([t for (t, _), _ in entries]) + [i for _, i in entries[:-1]])
+    return [_BUCKET_HEAD.pack(cat, len(entries), *newest), block]
+
+
+def _pack_recent(events: Sequence[Event], next_seq: int) -> bytes:
+    """The oldest ts (u32), then one block of columns: ts gaps (one fewer than events), how far
+    each seq is behind ``next_seq``, items, actions."""
+    if not events:
+        return _BASE_TS.pack(0) + packed_ints.pack(())
+    ts, seq, item, action = zip(*events, strict=True)
+    behind = [next_seq - s for s in seq]
+    if min(behind) < 1:
+        raise ValueError(f"an event's seq is not below the state's next seq {next_seq}")
+    return _BASE_TS.pack(ts[0]) + packed_ints.pack([*_gaps(ts), *behind, *item, *action])
+
+
+def _recent_size(blob: bytes, offset: int, n: int) -> int:
+    return _BASE_TS.size + packed_ints.size(blob, offset + _BASE_TS.size, 4 * n - 1 if n else 0)
+
+
+def _unpack_recent(blob: bytes, offset: int, n: int, next_seq: int) -> list[Event]:
+    if not n:
+        return []
+    (base,) = _BASE_TS.unpack_from(blob, offset)
+    values = packed_ints.unpack(blob, offset + _BASE_TS.size, 4 * n - 1)
+    ts = accumulate(values[: n - 1], initial=base)
+    seq = [next_seq - b for b in values[n - 1 : 2 * n - 1]]
+    return list(
+        map(_new_event, zip(ts, seq, values[2 * n - 1 : 3 * n - 1], values[3 * n - 1 :], strict=True))
+    )
+
+
 def encode_state(s: State) -> bytes:
     parts = [
         _STATE_HEAD.pack(
-            FORMAT,
+            STATE_FORMAT,
             s.kind,
             s.recent_len,
             s.bucket_size,
@@ -224,15 +287,10 @@ def encode_state(s: State) -> bytes:
             s.history_seq,
             s.history_len,
         ),
-        encode_events(s.recent),
+        _pack_recent(s.recent, s.next_seq),
     ]
     for cat, entries in s.buckets.items():
-        if isinstance(entries, PackedBucket):  # untouched since it was read: its bytes as they are
-            parts += [_BUCKET_HEAD.pack(cat, entries.newest_seq, len(entries)), entries.records]
-            continue
-        flat: list[Any] = [x for (ts, _), item in entries for x in (ts, item)]
-        parts.append(_BUCKET_HEAD.pack(cat, entries[-1][0][1], len(entries)))
-        parts.append(struct.pack(f"<{len(flat)}I", *flat))
+        parts += _pack_bucket(cat, entries)
     return b"".join(parts)
 
 
@@ -246,7 +304,37 @@ def bucket_items(bucket: Sequence[Entry]) -> np.ndarray:
 def decode_state(blob: bytes) -> State:
     """The state; buckets stay bytes (PackedBucket) until read. Every length is checked here, so a
     truncated or padded value is refused now rather than misread later."""
-    fmt, kind, length, g, n_recent, n_buckets, next_seq, history_seq, history_len = _head(
+    if blob[:1] == bytes([FORMAT]):
+        return _decode_state_v2(blob)
+    if len(blob) < _STATE_HEAD.size or blob[0] != STATE_FORMAT:
+        raise CorruptValue(f"state: format {blob[:1].hex() or 'empty'}, expected {STATE_FORMAT:02x}")
+    _, kind, length, g, n_recent, n_buckets, next_seq, history_seq, history_len = _STATE_HEAD.unpack_from(
+        blob
+    )
+    try:
+        off = _STATE_HEAD.size
+        size = _recent_size(blob, off, n_recent)
+        recent = _unpack_recent(blob, off, n_recent, next_seq)
+        off += size
+        buckets: dict[int, Sequence[Entry]] = {}
+        for _ in range(n_buckets):
+            cat, n, ts, seq, item = _BUCKET_HEAD.unpack_from(blob, off)
+            off += _BUCKET_HEAD.size
+            if not n:
+                raise ValueError(f"an empty bucket at byte {off}")
+            size = packed_ints.size(blob, off, 2 * (n - 1))
+            buckets[cat] = PackedBucket(blob[off : off + size], n, (ts, seq, item))
+            off += size
+    except (struct.error, ValueError) as exc:
+        raise CorruptValue(f"state: truncated ({exc})") from None
+    if off != len(blob):
+        raise CorruptValue(f"state: {len(blob) - off} trailing bytes")
+    return State(kind, length, g, next_seq, history_seq, history_len, recent, buckets)
+
+
+def _decode_state_v2(blob: bytes) -> State:
+    """Format 2: fixed-width records (14-byte events, 8-byte bucket entries), decoded whole."""
+    _, kind, length, g, n_recent, n_buckets, next_seq, history_seq, history_len = _head(
         blob, _STATE_HEAD, "state"
     )
     try:
@@ -255,12 +343,14 @@ def decode_state(blob: bytes) -> State:
         off += n_recent * EVENT.itemsize
         buckets: dict[int, Sequence[Entry]] = {}
         for _ in range(n_buckets):
-            cat, newest_seq, n = _BUCKET_HEAD.unpack_from(blob, off)
-            off += _BUCKET_HEAD.size
-            end = off + n * BUCKET_ITEM.itemsize
+            cat, newest_seq, n = _BUCKET_HEAD_V2.unpack_from(blob, off)
+            off += _BUCKET_HEAD_V2.size
+            end = off + n * _BUCKET_ROW.size
             if not n or end > len(blob):
                 raise ValueError(f"bucket of {n} entries at byte {off} of {len(blob)}")
-            buckets[cat] = PackedBucket(blob[off:end], newest_seq)
+            flat = struct.unpack(f"<{2 * n}I", blob[off:end])
+            seqs = [*range(1 - n, 0), newest_seq]
+            buckets[cat] = list(zip(zip(flat[0::2], seqs, strict=True), flat[1::2], strict=True))
             off = end
     except (struct.error, ValueError) as exc:
         raise CorruptValue(f"state: truncated ({exc})") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import struct
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from model.bucketing import Event, UserState, bucketize, split_recent
 from model.train import load_model as load_torch_model
 from service.runtime import load_engine
 from service.store import Store
-from service.store_codec import Query, decode_state, encode_query
+from service.store_codec import Query, State, decode_state, encode_query
 from service.user_state import NewEvent
 from tests.integration.stores import (
     append_in_chunks,
@@ -399,5 +400,52 @@ def test_a_state_of_another_layout_fails_only_its_user(backend, prefix, engine):
             ("odd", 0, False),
         ]
         assert decode_state(await store.redis.get(store.keys("odd").state)).recent_len == 99  # untouched
+
+    run(with_store(backend, prefix, go))
+
+
+def _format_2(s: State) -> bytes:
+    """A state as the previous release wrote it (fixed-width records), for the upgrade test."""
+    out = struct.pack(
+        "<BBHHHHIII",
+        2,
+        s.kind,
+        s.recent_len,
+        s.bucket_size,
+        len(s.recent),
+        len(s.buckets),
+        s.next_seq,
+        s.history_seq,
+        s.history_len,
+    )
+    out += b"".join(struct.pack("<IIIH", *e) for e in s.recent)
+    for cat, entries in s.buckets.items():
+        out += struct.pack("<IIH", cat, entries[-1][0][1], len(entries))
+        out += b"".join(struct.pack("<II", ts, item) for (ts, _), item in entries)
+    return out
+
+
+def test_a_state_written_by_the_previous_format_is_read_and_upgraded(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """A store written before format 3 keeps its users: a format-2 state reads as it was, and the
+    user's next event writes it back as format 3, exactly as if it had always been format 3."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        n_items = len(engine.bundle.catalog.items)
+        stream = [(100 + 7 * t, 1 + (5 * t) % n_items, 1) for t in range(3 * view.recent_len)]
+        for user in ("old", "new"):
+            await store.append(view, new_events(view, user, stream), now=0.0)
+        current = decode_state(await store.redis.get(store.keys("old").state))
+        assert current.buckets, "the stream must reach the history"
+        await store.redis.set(store.keys("old").state, _format_2(current))
+        (old,) = await store.read(view, ["old"])
+        assert old.state == current
+        last = [(10_000, 2, 1)]
+        for user in ("old", "new"):
+            await store.append(view, new_events(view, user, last), now=0.0)
+        old_blob = await store.redis.get(store.keys("old").state)
+        new_blob = await store.redis.get(store.keys("new").state)
+        assert old_blob[0] == 3
+        assert old_blob == new_blob
 
     run(with_store(backend, prefix, go))

@@ -1,11 +1,14 @@
 """Golden tests: the exact key strings and value bytes stored in Redis. Changing them breaks every
 deployed store, so a change here must come with a new schema version and a migration. Each value
-starts with the format byte (02) and is pinned byte for byte, then decoded back."""
+starts with a format byte (03 for the state, 02 for the others) and is pinned byte for byte, then
+decoded back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from model.bucketing import Event, UserState
 from service.store_codec import (
@@ -16,6 +19,7 @@ from service.store_codec import (
     Query,
     State,
     Tokens,
+    bucket_items,
     decode_events,
     decode_memory,
     decode_query,
@@ -59,25 +63,73 @@ def test_unsafe_ids_are_hashed_so_braces_cannot_move_the_tag() -> None:
     assert user_keys("causerec", "x" * 129).state != user_keys("causerec", "x" * 130).state
 
 
+STATE = State(
+    KIND_BUCKETS,
+    64,
+    32,
+    next_seq=3,
+    history_seq=2,
+    recent=[Event(1700000000, 2, 7, 1)],
+    buckets={5: [((1699999990, -1), 9), ((1699999995, 1), 10)]},
+)
+
+
 def test_state_bytes() -> None:
-    """Header (format, kind, L, G, counts, next seq, history seq, history length), then 14-byte
-    events, then per bucket (category, newest seq, n) and 8-byte (ts, item) entries."""
-    s = State(
-        KIND_BUCKETS,
-        64,
-        32,
-        next_seq=3,
-        history_seq=2,
-        recent=[Event(1700000000, 2, 7, 1)],
-        buckets={5: [((1699999990, -1), 9), ((1699999995, 1), 10)]},
-    )
-    blob = encode_state(s)
+    """Header (format, kind, L, G, counts, next seq, history seq, history length); the recent
+    window: its oldest ts, then one packed_ints block (escape count, then uint16 columns: the ts
+    gaps after the oldest, how far each seq is below next seq, items, actions; then the escaped
+    values); per bucket (category, n, newest ts, seq and item) and a block of the older entries'
+    gaps to the next entry and their items."""
+    blob = encode_state(STATE)
     assert blob.hex() == (
+        "03004000200001000100030000000200000000000000"
+        "00f15365"
+        "00000000"
+        "010007000100"
+        "050000000200fbf05365010000000a000000"
+        "00000000"
+        "05000900"
+    )
+    assert decode_state(blob) == STATE
+    assert state_head(blob) == blob[:22]  # what the append script compares: holds next seq
+
+
+def test_format_2_states_are_still_read() -> None:
+    """A store written before format 3 (fixed-width records) keeps its users: the old bytes decode
+    to the same state, which is written back as format 3."""
+    old = bytes.fromhex(
         "0200400020000100010003000000020000000000000000f153650200000007000000010005000000010000000200"
         "f6f0536509000000fbf053650a000000"
     )
-    assert decode_state(blob) == s
-    assert state_head(blob) == blob[:22]  # what the append script compares: holds next seq
+    assert decode_state(old) == STATE
+    assert encode_state(decode_state(old)) == encode_state(STATE)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=1, max_size=40),
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 2),  # below the state's next seq
+            st.integers(1, 2**32 - 1),
+            st.integers(1, 2**16 - 1),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_state_decodes_to_what_was_encoded(entries, events) -> None:  # type: ignore[no-untyped-def]
+    """Every uint32 round-trips, escaped or not, at the extremes too (gaps of 2**32 - 1, seqs that
+    go back)."""
+    bucket = [((ts, -i), item) for i, (ts, item) in enumerate(sorted(entries))]
+    bucket[-1] = ((bucket[-1][0][0], 2**32 - 1), bucket[-1][1])  # only the newest seq is stored
+    recent = sorted((Event(*e) for e in events), key=lambda e: e.key)
+    s = State(KIND_BUCKETS, 40, 40, 2**32 - 1, 7, 0, recent, {2**32 - 1: bucket})
+    back = decode_state(encode_state(s))
+    assert back.recent == recent
+    assert [(ts, item) for (ts, _), item in back.buckets[2**32 - 1]] == [
+        (ts, item) for (ts, _), item in bucket
+    ]
+    np.testing.assert_array_equal(bucket_items(back.buckets[2**32 - 1]), [item for _, item in bucket])
 
 
 def test_decoded_buckets_keep_their_order_and_newest_key() -> None:
@@ -159,6 +211,12 @@ def test_memory_and_history_bytes() -> None:
     [
         (decode_state, b"\x01" + bytes(40)),  # a format this reader does not know
         (decode_state, bytes.fromhex("020040002000010000000300000002000000000000000000")),  # event missing
+        (decode_state, encode_state(STATE)[:-1]),  # a bucket's block cut short
+        (
+            decode_state,
+            encode_state(STATE)[:-8] + b"\x01\x00\x00\x00" + encode_state(STATE)[-4:],
+        ),  # escape missing
+        (decode_state, encode_state(STATE)[:30]),  # the recent window cut short
         (decode_state, encode_state(State(KIND_BUCKETS, 8, 4)) + b"x"),  # trailing bytes
         (decode_tokens, b""),
         (decode_query, encode_query(Query(VERSION, 1, np.zeros(4, np.float32)))[:-1]),
