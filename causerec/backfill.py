@@ -10,10 +10,13 @@ import numpy as np
 from rich.progress import Progress
 
 from model.data import Dataset
+from service.config import Settings
 from service.redis_client import connect
 from service.runtime import load_model
 from service.store import Store
 from service.user_state import NewEvent
+
+DEFAULT_MAX_HISTORY: int | None = Settings.model_fields["max_history"].default
 
 
 async def backfill(
@@ -25,11 +28,13 @@ async def backfill(
     progress: bool = True,
     cluster: bool = False,
     max_categories: int | None = None,
+    max_history: int | None = DEFAULT_MAX_HISTORY,
 ) -> dict[str, Any]:
     """Append every event of ``data`` (ids mapped through the bundle's catalogue); events whose item
-    or action the model does not know are skipped and counted."""
+    or action the model does not know are skipped and counted. The bounds are the service's
+    (CAUSEREC_MAX_CATEGORIES, CAUSEREC_MAX_HISTORY), defaults included."""
     client = connect(redis_url, cluster=cluster)
-    store = Store(client, prefix=key_prefix, max_buckets=max_categories)
+    store = Store(client, prefix=key_prefix, max_buckets=max_categories, max_history=max_history)
     appended = skipped = 0
     try:
         model = await load_model(bundle, client, key_prefix, device="cpu")

@@ -14,6 +14,7 @@ import typer
 
 from causerec.options import config_parameters, split, with_parameters
 from model.config import ModelConfig, TrainConfig
+from service.config import Settings
 
 app = typer.Typer(
     add_completion=False,
@@ -278,6 +279,10 @@ def load_events(
     max_categories: int | None = typer.Option(
         None, help="raw buckets kept per user (as CAUSEREC_MAX_CATEGORIES of the service; unset: all)"
     ),
+    max_history: int = typer.Option(
+        Settings.model_fields["max_history"].default,
+        help="memory compressor: raw history events kept (as CAUSEREC_MAX_HISTORY)",
+    ),
 ) -> None:
     """Backfill a dataset's events into Redis through the store's own append path."""
     import asyncio
@@ -297,6 +302,7 @@ def load_events(
             users_per_batch,
             cluster=cluster,
             max_categories=max_categories,
+            max_history=max_history,
         )
     )
     print(json.dumps(report))

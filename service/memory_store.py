@@ -4,7 +4,7 @@ Pure: service.store reads and writes, these functions decide and compute.
 Per user, next to the state (whose recent window works as for buckets), for a memory bundle:
     hist            the raw history in key order (store ids): the truth a new model, or an event
                     older than the folded history, refolds from; appended to on the normal path,
-                    kept to the newest ``max_history`` events when bounded
+                    and kept to the newest ``max_history`` events (whole segments) on every path
     mem:<version>   M_k after the full segments (model.segments) + the open segment, stamped with
                     the history seq, like the tokens
     tok:<version>   the C history tokens: fold(M_k, open segment), or M_k when no segment is open,
@@ -75,14 +75,18 @@ def needs_refold(memory: MemoryRecord | None, appended: Appended) -> bool:
     return memory is None or any(e.key < memory.last_key for e in appended.evicted)
 
 
+def overflow(history_len: int, segment_len: int, max_history: int | None) -> int:
+    """How many of the oldest events a history of ``history_len`` drops to keep at most
+    ``max_history``: whole segments, so segment boundaries stay where the memory's were."""
+    if max_history is None or history_len <= max_history:
+        return 0
+    drop = history_len - max_history
+    return min(drop + -drop % segment_len, history_len)
+
+
 def bounded(history: list[Event], segment_len: int, max_history: int | None) -> list[Event]:
-    """The newest ``max_history`` events (rounded to whole segments, so segment boundaries stay
-    where the memory's were): a refold then starts from there."""
-    if max_history is None or len(history) <= max_history:
-        return history
-    drop = len(history) - max_history
-    drop += -drop % segment_len
-    return history[drop:]
+    """The history without its ``overflow``: a refold then starts from there."""
+    return history[overflow(len(history), segment_len, max_history) :]
 
 
 def refold_job(view: MemoryView, history: list[Event], history_seq: int) -> FoldJob:

@@ -2,7 +2,8 @@
 
 # Compare-and-set append, one user. KEYS: state, dedup, tok:<version>, hist, mem:<version>.
 # ARGV: expected state head ("" = no state yet), new state, new tokens ("" = keep), history op
-# ("" | "a"+bytes to append | "s"+bytes to replace), new memory ("" = keep), user TTL s (0 = none),
+# ("" | "a"+bytes to append | "s"+bytes to replace | "t<n>:"+bytes to append, then drop the first n
+# bytes), new memory ("" = keep), user TTL s (0 = none),
 # derived TTL s, now, dedup retention s, then (expiry, event id) pairs. Returns 1, or 0 on conflict.
 APPEND = """
 local cur = redis.call('GET', KEYS[1])
@@ -16,6 +17,11 @@ if string.len(ARGV[5]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7
 local op = string.sub(ARGV[4], 1, 1)
 if op == 'a' then redis.call('APPEND', KEYS[4], string.sub(ARGV[4], 2)) end
 if op == 's' then redis.call('SET', KEYS[4], string.sub(ARGV[4], 2)) end
+if op == 't' then
+  local colon = string.find(ARGV[4], ':', 2, true)
+  redis.call('APPEND', KEYS[4], string.sub(ARGV[4], colon + 1))
+  redis.call('SET', KEYS[4], redis.call('GETRANGE', KEYS[4], tonumber(string.sub(ARGV[4], 2, colon - 1)), -1))
+end
 if op ~= '' and ttl > 0 then redis.call('EXPIRE', KEYS[4], ttl) end
 if #ARGV >= 10 then
   for i = 10, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end

@@ -33,6 +33,7 @@ from service.errors import BundleError, StoreConflict, StoreUnavailable, UserSta
 from service.keyed_locks import KeyedLocks
 from service.redis_scripts import APPEND, SET_DERIVED
 from service.store_codec import (
+    EVENT,
     SCHEMA,
     CorruptValue,
     MemoryRecord,
@@ -478,7 +479,15 @@ class Store:
                     jobs.append(memory_store.refold_job(model.memory, history, p.result.state.history_seq))
                     owners.append(p)
             elif new_events:
-                p.history_op = b"a" + encode_events(new_events)
+                # Appending past the bound also drops the oldest whole segments, in the same script:
+                # the memory already holds them, and only a refold would read them again.
+                drop = memory_store.overflow(
+                    p.result.state.history_len, model.memory.segment_len, self.max_history
+                )
+                p.history_op = (b"t%d:" % (drop * EVENT.itemsize) if drop else b"a") + encode_events(
+                    new_events
+                )
+                p.result.state.history_len -= drop
                 jobs.append(
                     memory_store.extend_job(
                         model.memory, p.memory, p.tokens, new_events, p.result.state.history_seq

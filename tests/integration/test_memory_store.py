@@ -219,3 +219,31 @@ def test_a_bounded_history_keeps_the_newest_whole_segments(backend, prefix, engi
         assert memory is not None
 
     run(with_store(backend, prefix, go, max_history=40))
+
+
+def test_in_order_appends_keep_the_history_bounded_and_fold_everything(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """Without any refold (every event newer than the last), the raw history still stops at
+    max_history, in whole segments, while the memory goes on folding every event: the same tokens
+    as a store without the bound."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        s = view.memory.segment_len  # type: ignore[union-attr]
+        unbounded = Store(store.redis, prefix=store.prefix)
+        for lo in range(0, 300, 7):
+            batch = [(100 + i, 1 + (7 * i) % 300) for i in range(lo, min(lo + 7, 300))]
+            for target, user in ((store, "capped"), (unbounded, "whole")):
+                await target.append(view, [NewEvent(user, item, 1, ts) for ts, item in batch], now=0.0)
+        capped, capped_tokens, _ = await stored(store, view, "capped")
+        whole, whole_tokens, _ = await stored(store, view, "whole")
+        history = decode_events(await store.redis.get(store.keys("capped").history))
+        full = decode_events(await store.redis.get(store.keys("whole").history))
+        assert len(full) == whole.history_len == 300 - view.recent_len
+        assert 40 - s < len(history) == capped.history_len <= 40
+        assert len(full) - len(history) == -(-(len(full) - 40) // s) * s  # whole segments dropped
+        assert [(e.ts, e.item) for e in history] == [(e.ts, e.item) for e in full[-len(history) :]]
+        assert capped_tokens is not None
+        assert whole_tokens is not None
+        np.testing.assert_array_equal(capped_tokens.tokens, whole_tokens.tokens)
+
+    run(with_store(backend, prefix, go, max_history=40))
