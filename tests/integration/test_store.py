@@ -21,7 +21,7 @@ from model.bucketing import Event, UserState, bucketize, split_recent
 from model.train import load_model as load_torch_model
 from service.runtime import load_engine
 from service.store import Store
-from service.store_codec import Query, State, decode_state, encode_query
+from service.store_codec import STATE_HEAD_BYTES, Query, State, decode_state, encode_query, encode_state
 from service.user_state import NewEvent
 from tests.integration.stores import (
     append_in_chunks,
@@ -405,19 +405,9 @@ def test_a_state_of_another_layout_fails_only_its_user(backend, prefix, engine):
 
 
 def _format_2(s: State) -> bytes:
-    """A state as the previous release wrote it (fixed-width records), for the upgrade test."""
-    out = struct.pack(
-        "<BBHHHHIII",
-        2,
-        s.kind,
-        s.recent_len,
-        s.bucket_size,
-        len(s.recent),
-        len(s.buckets),
-        s.next_seq,
-        s.history_seq,
-        s.history_len,
-    )
+    """A state as the previous release wrote it (fixed-width records), for the upgrade test: the
+    same header with format byte 2, then 14-byte events and per bucket <I I H> + 8-byte entries."""
+    out = b"\x02" + encode_state(s)[1:STATE_HEAD_BYTES]
     out += b"".join(struct.pack("<IIIH", *e) for e in s.recent)
     for cat, entries in s.buckets.items():
         out += struct.pack("<IIH", cat, entries[-1][0][1], len(entries))
