@@ -66,7 +66,7 @@ bench-store: install
 ## Retrieval at 100K and 1M items: exact vs faiss / hnswlib / usearch (writes loadtests/results/bench_retrieval_*).
 bench-retrieval: install
 	$(BIN)/python -m loadtests.bench_retrieval --items 100000 --out loadtests/results/bench_retrieval_100k
-	$(BIN)/python -m loadtests.bench_retrieval --items 1000000 --methods 'faiss HNSW' 'faiss IVF' \
+	$(BIN)/python -m loadtests.bench_retrieval --items 1000000 --methods 'one TopK' 'faiss HNSW' 'faiss IVF' \
 		--out loadtests/results/bench_retrieval_1m
 
 ## Explorer screenshot (docs/explorer.png) of a running demo: make demo-screenshot USER_ID=1

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.graphs import export_encoder_graph, export_fold_graph, export_history_graph, export_scorer_graph
+from export.graphs import export_encoder_graph, export_fold_graph, export_history_graph
 from export.index import build_index
+from export.scorer import export_scorer_graph
 from model.bundle_format import (
     CATALOG,
     ENCODER_GRAPH,

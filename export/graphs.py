@@ -1,7 +1,7 @@
-"""The ONNX graphs of a bundle, traced from the same torch modules training uses.
+"""The ONNX graphs of a bundle traced from the same torch modules training uses (the scorer graph,
+built by hand around the item table, is export.scorer).
 
 encoder graph   (user, history tokens, recent events) -> unit-norm query vector (cached per user)
-scorer graph    (query vectors, exclusions, k) -> top-k (scores, ids), every item scored
 history graph   (bucket items, bucket category) -> bucket tokens      (eq. 4, for the store)
 fold graph      (memory, one segment of events) -> next memory       (memory compressor, for the store)
 
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import TensorProto, helper
 from torch import nn
 
 from model.bundle_format import (
@@ -59,24 +58,6 @@ class EncoderGraph(nn.Module):
             ts=ts,
             mask=mask,
         )
-
-
-class ScorerGraph(nn.Module):
-    """Query vectors -> scores of every item, exclusions and padding set to -inf: (B, N + 1)."""
-
-    def __init__(self, model: CauseRecommender) -> None:
-        super().__init__()
-        with torch.no_grad():
-            # Constant at serving time: folding it into the graph saves the table pass per call.
-            self.register_buffer("table", (model.scoring_table() / model.cfg.temperature).T.contiguous())
-
-    def forward(self, query: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-        table: torch.Tensor = self.table  # type: ignore[assignment]
-        scores = query @ table  # (B, N + 1)
-        # -1 pads `exclude`; clamping sends it to column 0, the padding item, which is -inf anyway.
-        drop = exclude.clamp(min=0)
-        scores = scores.scatter(1, drop, torch.full_like(drop, 0, dtype=scores.dtype) - float("inf"))
-        return torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores[:, 1:]], dim=1)
 
 
 class HistoryGraph(nn.Module):
@@ -136,43 +117,6 @@ def export_encoder_graph(model: CauseRecommender, path: Path) -> None:
         dynamo=False,
     )
     onnx.checker.check_model(onnx.load(str(path)))
-
-
-def export_scorer_graph(model: CauseRecommender, path: Path) -> None:
-    """Trace the scorer, then append TopK so that ``k`` is a graph input.
-
-    TopK is added by hand because the tracer freezes a Python ``k``; inside the graph only k ids
-    and scores leave the device.
-    """
-    example = (torch.zeros(2, model.cfg.d_model), -torch.ones(2, 3, dtype=torch.int64))
-    torch.onnx.export(
-        ScorerGraph(model).eval(),
-        example,
-        str(path),
-        input_names=["query", "exclude"],
-        output_names=["all_scores"],
-        dynamic_axes={
-            "query": {0: "batch"},
-            "exclude": {0: "batch", 1: "excluded"},
-            "all_scores": {0: "batch"},
-        },
-        opset_version=OPSET,
-        dynamo=False,
-    )
-    graph = onnx.load(str(path))
-    graph.graph.output.pop()
-    graph.graph.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
-    graph.graph.node.append(
-        helper.make_node("TopK", ["all_scores", "k"], ["scores", "ids"], axis=1, largest=1, sorted=1)
-    )
-    graph.graph.output.extend(
-        [
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"]),
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "k"]),
-        ]
-    )
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
 
 
 def export_history_graph(model: CauseRecommender, path: Path) -> None:
