@@ -130,7 +130,12 @@ def scorer_model(table: np.ndarray, two_stage_up_to: int = TWO_STAGE_UP_TO) -> o
     return model
 
 
-def export_scorer_graph(model: CauseRecommender, path: Path) -> None:
+def scoring_columns(model: CauseRecommender) -> torch.Tensor:
+    """(D, N + 1): the model's item vectors over its temperature, so a score is one query @ table
+    (model.cause scores ``state @ table.T / temperature``; the constant folds into the table)."""
     with torch.no_grad():
-        table = (model.scoring_table() / model.cfg.temperature).T.contiguous().cpu().numpy()
-    onnx.save(scorer_model(table), str(path))
+        return (model.scoring_table() / model.cfg.temperature).T.contiguous()
+
+
+def export_scorer_graph(model: CauseRecommender, path: Path) -> None:
+    onnx.save(scorer_model(scoring_columns(model).cpu().numpy()), str(path))

@@ -37,7 +37,7 @@ import torch
 
 from causerec.machine import machine
 from export.graphs import EncoderGraph, export_encoder_graph, export_fold_graph
-from export.scorer import export_scorer_graph
+from export.scorer import export_scorer_graph, scoring_columns
 from model.cause import CauseRecommender
 from model.config import TOKEN_LAYOUTS, ModelConfig
 
@@ -149,9 +149,7 @@ def bench(
     )
     names = {i.name for i in encoder.get_inputs()}
     torch.set_num_threads(threads)
-    torch_encoder = EncoderGraph(model).eval()
-    with torch.no_grad():
-        table = (model.scoring_table() / model.cfg.temperature).T.contiguous()
+    torch_encoder, table = EncoderGraph(model).eval(), scoring_columns(model)
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:

@@ -75,8 +75,9 @@ def test_top_k_is_the_exact_ranking_with_exclusions_and_ties_to_the_lower_id(gra
     assert list(ids[2][:3]) == [ANCHOR, *CROSS]
 
 
-def test_a_large_k_takes_one_topk_over_every_item(graphs) -> None:  # type: ignore[no-untyped-def]
+def test_a_k_past_the_two_stage_limit_gives_the_one_topk_answer(graphs) -> None:  # type: ignore[no-untyped-def]
     _, two, one, queries = graphs
+    assert 1_000 * CHUNK * TWO_STAGE_UP_TO > ITEMS, "this k takes the If's one-TopK branch"
     feeds = {"query": queries, "exclude": exclusions(9, len(queries)), "k": np.array([1_000])}
     got, want = two.run(None, feeds), one.run(None, feeds)
     np.testing.assert_array_equal(got[1], want[1])
