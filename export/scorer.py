@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from model.bundle_format import OPSET
 from model.cause import CauseRecommender
 
+IR_VERSION = 8  # the IR that came with opset 17 (ONNX 1.12): every onnxruntime >= 1.18 reads it
 CHUNK = 64
 TWO_STAGE_UP_TO = 4
 """Two stages while k * CHUNK * TWO_STAGE_UP_TO <= the padded catalogue, one TopK beyond."""
@@ -126,6 +127,9 @@ def scorer_model(table: np.ndarray, two_stage_up_to: int = TWO_STAGE_UP_TO) -> o
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    # make_model stamps the installed onnx package's IR version; ONNX Runtime refuses any newer
+    # than it knows, so the bundle would load only where onnx is no newer than onnxruntime.
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.scorer import CHUNK, TWO_STAGE_UP_TO, scorer_model
+from export.scorer import CHUNK, IR_VERSION, TWO_STAGE_UP_TO, scorer_model
 
 ITEMS, DIM = 60_000, 16
 TIED = [7, *range(40_000, 40_010)]  # equal columns in chunks far apart
@@ -92,3 +92,10 @@ def test_fewer_candidates_than_k_come_back_as_minus_infinity() -> None:
     assert sorted(ids[0][:2]) == [299, 300]
     assert np.isfinite(scores[0][:2]).all()
     assert np.isneginf(scores[0][2:]).all()
+
+
+def test_the_graph_keeps_an_ir_version_older_onnxruntime_reads() -> None:
+    """onnx 1.23 stamps IR 14, which onnxruntime-gpu 1.31 refuses ("max supported IR version: 13"):
+    seen on the GPU machine. The graph must not take the installed onnx package's IR version."""
+    model = scorer_model(np.ones((300, 8), np.float32), TWO_STAGE_UP_TO)
+    assert model.ir_version == IR_VERSION == 8
