@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 
@@ -21,3 +22,18 @@ def machine() -> str:
     return (
         f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
+
+
+def gpu() -> str | None:
+    """The first NVIDIA GPU's name and driver as nvidia-smi reports them; None without one."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = done.stdout.strip().splitlines()[:1]
+    return f"{first[0].split(',')[0].strip()} (driver {first[0].split(',')[1].strip()})" if first else None

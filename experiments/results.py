@@ -97,7 +97,9 @@ def load(dataset: str, data_dir: Path, view: str, categories_csv: Path | None = 
     return load_dataset(dataset, data_dir, categories_csv=categories_csv, min_rating=VIEWS[view])
 
 
-def run_one(row: Row, view: str, seed: int, dataset: str, data_dir: Path, folder: Path) -> dict[str, Any]:
+def run_one(
+    row: Row, view: str, seed: int, dataset: str, data_dir: Path, folder: Path, device: str = "cpu"
+) -> dict[str, Any]:
     """Train one row on one view with one seed (or score popularity); the record to store."""
     import torch
 
@@ -122,20 +124,22 @@ def run_one(row: Row, view: str, seed: int, dataset: str, data_dir: Path, folder
 
     categories = kmeans_categories(dataset, data_dir, view, folder, seed, row.kmeans) if row.kmeans else None
     data = load(dataset, data_dir, view, categories)
-    cfg = TrainConfig(**{**row.train, "seed": seed})
+    cfg = TrainConfig(**{**row.train, "seed": seed, "device": device})
     with tempfile.TemporaryDirectory() as tmp:
         result = train(data, row.model, cfg, Path(tmp) / "run", progress=False)
-        model = load_model(Path(tmp) / "run")
+        model = load_model(Path(tmp) / "run", device)
     test = data.split("test")
     at_window = {}
     for n in EVAL_WINDOWS:
         windowed = with_window(model, n)
-        at_window[str(n)] = float(evaluate(windowed, SampleBuilder(data, windowed.cfg), test)["ndcg@10"])
+        builder = SampleBuilder(data, windowed.cfg)
+        at_window[str(n)] = float(evaluate(windowed, builder, test, device=device)["ndcg@10"])
     return _record(
         row,
         view,
         seed,
         started,
+        machine=where(device),
         test=result["test"],
         valid=result["best_valid"],
         seq_len=result["seq_len"],
@@ -145,6 +149,13 @@ def run_one(row: Row, view: str, seed: int, dataset: str, data_dir: Path, folder
         curve=[[h["step"], round(h["valid"]["ndcg@10"], 5)] for h in result["history"]],
         test_at_window=at_window,
     )
+
+
+def where(device: str) -> str:
+    """The machine a run trained on, with the GPU's name when it trained on one."""
+    from causerec.machine import gpu, machine
+
+    return machine() + (f", {gpu()}" if device.startswith("cuda") else "")
 
 
 def _record(row: Row, view: str, seed: int, started: float, **values: Any) -> dict[str, Any]:
@@ -196,9 +207,11 @@ def run_path(out: Path, view: str, row: Row, seed: int) -> Path:
     return out / view / "runs" / f"{row.slug}-s{seed}.json"
 
 
-def _run_and_save(row: Row, view: str, seed: int, dataset: str, data_dir: Path, out: Path) -> str:
+def _run_and_save(
+    row: Row, view: str, seed: int, dataset: str, data_dir: Path, out: Path, device: str
+) -> str:
     path = run_path(out, view, row, seed)
-    record = run_one(row, view, seed, dataset, data_dir, out / view)
+    record = run_one(row, view, seed, dataset, data_dir, out / view, device)
     path.write_text(json.dumps(record, indent=2) + "\n")
     ndcg = record["test"]["ndcg@10"]
     return f"{row.name} [{view}] seed {seed}: test ndcg@10 {ndcg:.4f} ({record['wall_s']:.0f}s)"
@@ -214,7 +227,10 @@ def sweep(args: argparse.Namespace) -> None:
         (out / view / "runs").mkdir(parents=True, exist_ok=True)
     print(f"{len(todo)} runs to do", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(_run_and_save, r, v, s, args.dataset, args.data_dir, out) for r, v, s in todo]
+        futures = [
+            pool.submit(_run_and_save, r, v, s, args.dataset, args.data_dir, out, args.device)
+            for r, v, s in todo
+        ]
         for done in as_completed(futures):
             print(done.result(), flush=True)
             write_results(args.out, args.dataset)
@@ -364,6 +380,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", help="only these rows (exact names)")
     parser.add_argument("--variants", action="store_true", help="also the one-seed variants and ablations")
     parser.add_argument("--jobs", type=int, default=max(1, len(os.sched_getaffinity(0))))
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (the runs record the machine)")
     parser.add_argument("--table-only", action="store_true", help="rebuild the tables from finished runs")
     args = parser.parse_args()
     if not args.table_only:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from causerec.backfill import backfill
-from causerec.machine import machine
+from causerec.machine import gpu, machine
 from export.bundle import export_bundle
 from loadtests.service_process import ServiceProcess
 from model.data import Dataset, load_dataset
@@ -220,12 +221,14 @@ def locust_step(
 
 def measure(config: Config, svc: ServiceProcess, seconds: int, extra: list[str], repeat: int) -> list[dict]:  # type: ignore[type-arg]
     rows = []
+    device = svc.env["CAUSEREC_DEVICE"]
     for users in config.steps:
         before = scrape(svc.url, config.route)
         stats = locust_step(
             svc.url, config.route, list(config.classes), users, seconds, [*extra, *config.options]
         )
         row = {
+            "device": device,
             "config": config.name,
             "route": config.route,
             "users": users,
@@ -266,12 +269,12 @@ def paced(svc: ServiceProcess, rps: float, seconds: int, extra: list[str], repea
 
 
 def aggregate(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-    """One row per (config, users): medians over the repeats, and the req/s range."""
-    groups: dict[tuple[str, int], list[dict]] = {}  # type: ignore[type-arg]
+    """One row per (device, config, users): medians over the repeats, and the req/s range."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}  # type: ignore[type-arg]
     for r in rows:
-        groups.setdefault((r["config"], r["users"]), []).append(r)
+        groups.setdefault((r["device"], r["config"], r["users"]), []).append(r)
     out = []
-    for (config, users), rs in groups.items():
+    for (device, config, users), rs in groups.items():
         med = {
             k: (float(np.median([r[k] for r in rs])) if all(r.get(k) is not None for r in rs) else None)
             for k in (
@@ -287,6 +290,7 @@ def aggregate(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
         }
         out.append(
             {
+                "device": device,
                 "config": config,
                 "route": rs[0]["route"],
                 "users": users,
@@ -331,14 +335,14 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
         f"Machine: {result['machine']}; preset `{result['preset']}`; {result['workers']} uvicorn worker(s); "
         f"medians of {result['repeats']} repeats (req/s range in brackets).",
         "",
-        "| config | users | req/s | events/s | p50 ms | p95 ms | p99 ms | server p50 <= ms "
+        "| device | config | users | req/s | events/s | p50 ms | p95 ms | p99 ms | server p50 <= ms "
         "| server p99 <= ms | failures |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["table"]:
         lo, hi = r["rps_range"]
         lines.append(
-            f"| {r['config']} | {r['users']} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] "
+            f"| {r['device']} | {r['config']} | {r['users']} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] "
             f"| {r.get('events_per_s') or ''} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} "
             f"| {r['server_p50_ms_le']} | {r['server_p99_ms_le']} | {r['failures']} |"
         )
@@ -351,14 +355,21 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, config in enumerate(("floor", "read-mostly", "read, no query cache", "hstu-full")):
-        rs = [r for r in result["table"] if r["config"] == config and r["requests"] and r["p50_ms"]]
+    configs = ("floor", "read-mostly", "read, no query cache", "hstu-full")
+    curves = [(d, c) for d in result["devices"] for c in configs]
+    for i, (device, config) in enumerate(curves):
+        rs = [
+            r
+            for r in result["table"]
+            if r["device"] == device and r["config"] == config and r["requests"] and r["p50_ms"]
+        ]
+        label = config if len(result["devices"]) == 1 else f"{config} ({device})"
         if rs:
             ax.plot(
-                [r["rps"] for r in rs], [r["p50_ms"] for r in rs], "o-", color=f"C{i}", label=f"{config} p50"
+                [r["rps"] for r in rs], [r["p50_ms"] for r in rs], "o-", color=f"C{i}", label=f"{label} p50"
             )
             ax.plot(
-                [r["rps"] for r in rs], [r["p99_ms"] for r in rs], "x--", color=f"C{i}", label=f"{config} p99"
+                [r["rps"] for r in rs], [r["p99_ms"] for r in rs], "x--", color=f"C{i}", label=f"{label} p99"
             )
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -381,6 +392,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="run the whole series this many times")
     parser.add_argument("--out", type=Path, default=None, help="report path without suffix")
+    parser.add_argument(
+        "--device",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"],
+        help="ONNX Runtime device(s) of the service; several: each configuration on each, one run",
+    )
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     out = args.out or Path("loadtests/results") / f"{args.preset}-w{args.workers}"
@@ -419,13 +437,14 @@ def main() -> None:
                 "hstu-full": {"max_wait_ms": "2", "max_batch_size": str(preset.full_max_batch)},
             }
             for repeat in range(args.repeats):
-                for name, series in plan.items():
+                for device, (name, series) in itertools.product(args.device, plan.items()):
                     with ServiceProcess(
                         bundles[name],
                         redis.url,
-                        tmp / f"{name}.log",
+                        tmp / f"{name}-{device}.log",
                         workers=args.workers,
                         key_prefix=prefixes[name],
+                        device=device,
                         **settings[name],
                     ) as svc:
                         for config in series:
@@ -438,9 +457,10 @@ def main() -> None:
     table = aggregate(rows)
     result = {
         "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers} "
-        f"--repeats {args.repeats}",
+        f"--repeats {args.repeats} --device {' '.join(args.device)}",
         "machine": machine(),
-        "device": "cpu",
+        "devices": args.device,
+        "gpu": gpu() if "cuda" in args.device else None,
         "preset": args.preset,
         "workers": args.workers,
         "repeats": args.repeats,
@@ -454,7 +474,7 @@ def main() -> None:
         "backfill": loads,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.monotonic() - started, 1),
-        "summary": summarize(table),
+        "summary": {d: summarize([r for r in table if r["device"] == d]) for d in args.device},
         "table": table,
         "rows": rows,
     }

@@ -37,8 +37,8 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
         assert row["requests"] > 0, row
         assert row["failures"] == 0, row
         assert row["server_p50_ms_le"] is not None, row
-    assert set(result["summary"]["events_per_s"]) == {"1 clients", "4 clients"}
-    assert min(result["summary"]["events_per_s"].values()) > 0
-    assert result["summary"]["read_mostly_vs_floor"] > 0
+    assert set(result["summary"]["cpu"]["events_per_s"]) == {"1 clients", "4 clients"}
+    assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
+    assert result["summary"]["cpu"]["read_mostly_vs_floor"] > 0
     assert out.with_suffix(".md").read_text().startswith("Machine:")
     assert out.with_suffix(".png").stat().st_size > 5000

@@ -10,6 +10,8 @@ small HSTU layers over C + S + C tokens: 1e-5 as well (measured ~5e-7).
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 import torch
 
 from model.bucketing import UserState, split_recent
@@ -19,7 +21,7 @@ from model.samples import SampleBuilder
 from model.segments import SEGMENT_KEYS
 from model.train import load_model
 from service.bundle import load_bundle
-from service.engine import Engine, UserFeatures
+from service.engine import CUDA, Engine, UserFeatures
 from service.ids import in_catalogue_order
 from service.memory_store import EXCLUDE_ITEMS, extend_job, run_folds
 from service.runtime import make_view
@@ -179,3 +181,31 @@ def test_io_binding_path_gives_the_same_top_k(tiny_bundle, tiny_dataset):  # typ
     for a, b in zip(plain.rank(users, seen, 10), bound.rank(users, seen, 10), strict=True):
         np.testing.assert_array_equal(a.items, b.items)
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+@pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_provider_ranks_like_the_cpu(tiny_bundle):  # type: ignore[no-untyped-def]
+    """The CUDA path (IO binding on by default) answers as the CPU path does. CUDA may use TF32 in
+    its matmuls, so scores agree to 1e-2 (logits are ~20x a cosine), and two items may change places
+    only where their scores are that close."""
+    bundle = load_bundle(tiny_bundle)
+    cpu, cuda = Engine(bundle, device="cpu"), Engine(bundle, device="cuda")
+    assert (cuda.device, cuda.io_binding) == ("cuda", True)
+    rng = np.random.default_rng(1)
+    users = [
+        UserFeatures(
+            int(rng.integers(0, 100)),
+            rng.integers(1, 300, n),
+            rng.integers(1, 3, n),
+            np.sort(rng.integers(0, 10**6, n)),
+        )
+        for n in (0, 1, 5, 16, 40)
+    ]
+    seen = [rng.integers(1, 300, 4) for _ in users]
+    for a, b, excluded in zip(cpu.rank(users, seen, 20), cuda.rank(users, seen, 20), seen, strict=True):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-2)
+        last = len(a.items) - 1  # its rival is the first item past k, which neither answer shows
+        for i in np.flatnonzero(a.items[:last] != b.items[:last]):
+            gaps = [abs(a.scores[j] - a.scores[i]) for j in (i - 1, i + 1) if 0 <= j <= last]
+            assert min(gaps) < 2e-2, (i, a.scores)
+        assert not set(b.items.tolist()) & set(excluded.tolist())
