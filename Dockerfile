@@ -25,13 +25,13 @@ ARG ORT=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY deploy/wheels/ /local-wheels/
 COPY --from=wheels /wheels /wheels
-# ORT=gpu: CUDA 12 runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9 from NVIDIA's wheels (what the CUDA
-# provider links), loaded by onnxruntime.preload_dlls(); no CUDA base image, no PPA.
+# ORT=gpu: onnxruntime-gpu's own extras bring the CUDA runtime, cuFFT, cuRAND, NVRTC and cuDNN of the
+# CUDA major it was built for (13 for 1.31; CUDA 12 wheels beside it leave the provider unloadable
+# and the replica silently on the CPU); cuBLAS is not among them. Loaded by onnxruntime.preload_dlls().
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --find-links /local-wheels \
       "causerec[${ORT}] @ file://$(ls /wheels/causerec-*.whl)" \
     && if [ "$ORT" = gpu ]; then /opt/venv/bin/pip install --find-links /local-wheels \
-         nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cufft-cu12 nvidia-curand-cu12 \
-         "nvidia-cudnn-cu12>=9,<10"; fi \
+         "nvidia-cublas~=13.0"; fi \
     && rm -rf /wheels /local-wheels \
     && /opt/venv/bin/python -c "import service.app, sys; assert 'torch' not in sys.modules"
 ENV PATH=/opt/venv/bin:$PATH
