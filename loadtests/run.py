@@ -406,6 +406,16 @@ def main() -> None:
     data = population(preset.users, preset.items, preset.events)
     rows: list[dict[str, Any]] = []
     plan = configs(preset)
+    # Each measured row is appended as it comes: a run cut short (a lease ending) keeps its rows.
+    partial = out.with_suffix(".rows.jsonl")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine(), "gpu": gpu()}) + "\n")
+
+    def record(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with partial.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        return new
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         items_file = write_items(data, tmp / "items.txt")
@@ -450,10 +460,10 @@ def main() -> None:
                         for config in series:
                             if config.name == "read-mostly":
                                 asyncio.run(warm(svc.url, preset.users))
-                            rows += measure(config, svc, preset.step_s, extra, repeat)
+                            rows += record(measure(config, svc, preset.step_s, extra, repeat))
                             if config.name == "read-mostly":
                                 top = max(r["rps"] for r in rows[-len(config.steps) :])
-                                rows.append(paced(svc, top, preset.step_s, extra, repeat))
+                                rows += record([paced(svc, top, preset.step_s, extra, repeat)])
     table = aggregate(rows)
     result = {
         "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers} "

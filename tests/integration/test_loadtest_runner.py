@@ -40,5 +40,8 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     assert set(result["summary"]["cpu"]["events_per_s"]) == {"1 clients", "4 clients"}
     assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
     assert result["summary"]["cpu"]["read_mostly_vs_floor"] > 0
+    header, *measured = out.with_suffix(".rows.jsonl").read_text().splitlines()
+    assert json.loads(header)["machine"] == result["machine"]
+    assert [json.loads(line) for line in measured] == result["rows"]
     assert out.with_suffix(".md").read_text().startswith("Machine:")
     assert out.with_suffix(".png").stat().st_size > 5000
