@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ORT    ?= cpu
 STAMP  := $(VENV)/.installed-$(ORT)
 
-.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store bench-retrieval demo-screenshot loadtest docker-smoke export serve clean
+.PHONY: install demo test lint typecheck unit integration fuzz soak results bench bench-variants bench-store bench-events bench-retrieval demo-screenshot loadtest docker-smoke export serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-variants: install
 bench-store: install
 	$(BIN)/python -m loadtests.store_bench
 	$(BIN)/python -m loadtests.store_bench --compressor memory
+
+## The store's /events path without HTTP, as it is vs as it was (writes loadtests/results/bench_events.json).
+bench-events: install
+	$(BIN)/python -m loadtests.bench_events
 
 ## Retrieval at 100K and 1M items: exact vs faiss / hnswlib / usearch (writes loadtests/results/bench_retrieval_*).
 bench-retrieval: install

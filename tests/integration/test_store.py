@@ -245,6 +245,33 @@ def test_a_fresh_read_is_one_round_trip_of_three_gets(backend, prefix, engine): 
     run(with_store(backend, prefix, go))
 
 
+async def _calls(store: Store, command: str) -> int:
+    """Calls of one command over all nodes so far."""
+    if isinstance(store.redis, aioredis.RedisCluster):
+        infos = await store.redis.info("commandstats", target_nodes=aioredis.RedisCluster.ALL_NODES)
+        return sum(i.get(f"cmdstat_{command}", {}).get("calls", 0) for i in infos.values())
+    info = await store.redis.info("commandstats")
+    return int(info.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_an_append_round_is_one_transaction_on_a_single_node(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """The scripts of one append round (up to ``append_chunk`` users) run in one MULTI/EXEC on a single
+    node, so Redis fsyncs its AOF once for them; a cluster runs them one by one. Outcomes stay per
+    user either way."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        execs = await _calls(store, "exec")
+        outcomes = await store.append(
+            view, [e for i in range(10) for e in new_events(view, f"t{i}", [(60 + i, 3, 1)] * 3)], now=0.0
+        )
+        single = not isinstance(store.redis, aioredis.RedisCluster)
+        assert await _calls(store, "exec") - execs == (1 if single else 0)
+        assert [(o.accepted, o.error) for o in outcomes] == [(3, None)] * 10
+
+    run(with_store(backend, prefix, go))
+
+
 def test_cached_query_is_served_until_an_event_moves_the_user(backend, prefix, engine):  # type: ignore[no-untyped-def]
     async def go(store: Store):  # type: ignore[no-untyped-def]
         view = await view_on(store, engine)
