@@ -1,6 +1,7 @@
 """Load-test runner: CAUSE vs HSTU-full vs the HTTP floor, served identically, in one run.
 
     python -m loadtests.run --preset small --workers 1 --repeats 5 --out loadtests/results/small
+    python -m loadtests.run --preset small --repeats 5 --configs events   # only the named rows
 
 Bounded in time and entirely on 127.0.0.1: starts an embedded redis-server, loads a synthetic
 population through the store's append path (one key prefix per configuration), starts the
@@ -399,13 +400,21 @@ def main() -> None:
         default=["cpu"],
         help="ONNX Runtime device(s) of the service; several: each configuration on each, one run",
     )
+    names = [c.name for series in configs(PRESETS["ci"]).values() for c in series]
+    parser.add_argument(
+        "--configs", nargs="+", choices=names, default=names, help="measure only these (default: all)"
+    )
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     out = args.out or Path("loadtests/results") / f"{args.preset}-w{args.workers}"
     started = time.monotonic()
     data = population(preset.users, preset.items, preset.events)
     rows: list[dict[str, Any]] = []
-    plan = configs(preset)
+    plan = {
+        service: kept
+        for service, series in configs(preset).items()
+        if (kept := [c for c in series if c.name in args.configs])
+    }
     # Each measured row is appended as it comes: a run cut short (a lease ending) keeps its rows.
     partial = out.with_suffix(".rows.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -419,27 +428,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         items_file = write_items(data, tmp / "items.txt")
-        runs = {
-            "cause": untrained_run(data, tmp / "cause", **CAUSE_MODEL),
-            "hstu-full": untrained_run(
-                data,
-                tmp / "full",
-                mode="hstu-full",
-                recent_len=preset.full_cap,
-                max_rel_pos=2 * preset.full_cap + 2,
+        models = {
+            "cause": CAUSE_MODEL,
+            "hstu-full": {
+                "mode": "hstu-full",
+                "recent_len": preset.full_cap,
+                "max_rel_pos": 2 * preset.full_cap + 2,
                 **BACKBONE,
-            ),
+            },
         }
-        bundles = {name: tmp / f"{name}-bundle" for name in runs}
-        for name, run_dir in runs.items():
-            export_bundle(run_dir, bundles[name])
-        bundles["cause-uncached"] = bundles["cause"]
+        needed = {"hstu-full" if service == "hstu-full" else "cause" for service in plan}
+        bundles = {name: tmp / f"{name}-bundle" for name in needed}
+        for name in needed:
+            export_bundle(untrained_run(data, tmp / name, **models[name]), bundles[name])
+        if "cause" in needed:
+            bundles["cause-uncached"] = bundles["cause"]
         extra = ["--id-users", str(preset.users), "--items-file", str(items_file)]
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
             prefixes = {"cause": "lt-cause", "cause-uncached": "lt-cause", "hstu-full": "lt-hstu-full"}
             loads = {
                 name: asyncio.run(backfill(bundles[name], data, redis.url, prefixes[name], progress=False))
-                for name in ("cause", "hstu-full")
+                for name in sorted(needed)
             }
             settings = {
                 "cause": {"max_wait_ms": "2", "noop_route": "true"},
@@ -467,7 +476,8 @@ def main() -> None:
     table = aggregate(rows)
     result = {
         "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers} "
-        f"--repeats {args.repeats} --device {' '.join(args.device)}",
+        f"--repeats {args.repeats} --device {' '.join(args.device)}"
+        + (f" --configs {' '.join(repr(c) for c in args.configs)}" if args.configs != names else ""),
         "machine": machine(),
         "devices": args.device,
         "gpu": gpu() if "cuda" in args.device else None,

@@ -45,3 +45,19 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     assert [json.loads(line) for line in measured] == result["rows"]
     assert out.with_suffix(".md").read_text().startswith("Machine:")
     assert out.with_suffix(".png").stat().st_size > 5000
+
+
+def test_configs_measures_only_the_named_configurations(tmp_path: Path) -> None:
+    out = tmp_path / "events"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.run", "--preset", "ci", "--configs", "events", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert {r["config"] for r in result["table"]} == {"events"}
+    assert set(result["backfill"]) == {"cause"}  # no HSTU-full bundle built or loaded
+    assert result["command"].endswith("--configs 'events'")
+    assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
