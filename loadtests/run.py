@@ -355,8 +355,10 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     configs = ("floor", "read-mostly", "read, no query cache", "hstu-full")
+    if not any(r["config"] in configs for r in result["table"]):
+        return  # e.g. --configs events: no latency curve to draw
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = [(d, c) for d in result["devices"] for c in configs]
     for i, (device, config) in enumerate(curves):
         rs = [

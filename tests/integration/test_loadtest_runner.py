@@ -61,3 +61,4 @@ def test_configs_measures_only_the_named_configurations(tmp_path: Path) -> None:
     assert set(result["backfill"]) == {"cause"}  # no HSTU-full bundle built or loaded
     assert result["command"].endswith("--configs 'events'")
     assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
+    assert not out.with_suffix(".png").exists()  # no latency curve among the rows: no empty plot
