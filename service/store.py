@@ -128,10 +128,10 @@ class Store:
     def _writes(self) -> Any:
         """A pipeline for one round trip of compare-and-set scripts. On a single node it is a
         MULTI/EXEC: under ``appendfsync always`` Redis fsyncs its AOF once per event-loop pass, and
-        it reads a large pipeline in 16 KB passes, so a plain pipeline of 64 users' appends cost
-        ~40 fsyncs where EXEC costs one (2.5x less time per user, docs/PERFORMANCE.md). The
-        scripts' outcomes stay per user: each still checks its own user's head. A cluster cannot
-        run one transaction across slots, so there each script is its own."""
+        it reads a large pipeline in 16 KB passes, so a plain pipeline of a round's appends (~7 KB
+        each) costs an fsync per 16 KB where EXEC costs one (docs/PERFORMANCE.md, bench-events).
+        The scripts' outcomes stay per user: each still checks its own user's head. A cluster
+        cannot run one transaction across slots, so there each script is its own."""
         return self.redis.pipeline(transaction=not isinstance(self.redis, RedisCluster))
 
     async def _io(self, pipe: Any) -> list[Any]:
