@@ -87,6 +87,8 @@ VARIANTS = [
     variant(
         "HSTU L=16 tokens, softmax attention", {"mode": "hstu", "recent_len": 16, "backbone": "transformer"}
     ),
+    # The interleaved tokens under SiLU attention without the action loss: the loss, not the tokens?
+    variant("HSTU L=16, no action loss", {"mode": "hstu", "recent_len": 16}, {"action_loss_weight": 0.0}),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 
