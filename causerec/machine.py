@@ -35,5 +35,8 @@ def gpu() -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    first = done.stdout.strip().splitlines()[:1]
-    return f"{first[0].split(',')[0].strip()} (driver {first[0].split(',')[1].strip()})" if first else None
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        return None
+    name, driver = (field.strip() for field in lines[0].split(",")[:2])
+    return f"{name} (driver {driver})"

@@ -420,7 +420,10 @@ def main() -> None:
     # Each measured row is appended as it comes: a run cut short (a lease ending) keeps its rows.
     partial = out.with_suffix(".rows.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine(), "gpu": gpu()}) + "\n")
+    found_gpu = gpu()  # nvidia-smi once: the rows' header names it whatever --device says
+    partial.write_text(
+        json.dumps({"command": " ".join(sys.argv), "machine": machine(), "gpu": found_gpu}) + "\n"
+    )
 
     def record(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with partial.open("a") as f:
@@ -482,7 +485,7 @@ def main() -> None:
         + (f" --configs {' '.join(repr(c) for c in args.configs)}" if args.configs != names else ""),
         "machine": machine(),
         "devices": args.device,
-        "gpu": gpu() if "cuda" in args.device else None,
+        "gpu": found_gpu if "cuda" in args.device else None,
         "preset": args.preset,
         "workers": args.workers,
         "repeats": args.repeats,
