@@ -7,7 +7,8 @@ Per run (a `causerec train --out` folder), NDCG@10 on
   test, skip       the test target from the input of the validation split (the validation event left
                    out): is the test target harder, or does the newest event mislead?
   no time          valid and test with every timestamp equal: what the time bias contributes;
-  no user token    valid and test with every user on one unused row of the user-token table.
+  no user token    with a per-user token table (--user-hash-buckets N): valid and test with every
+                   user on one unused row of it.
 A model whose validation gain over another does not reach the test split shows it here first.
 """
 
@@ -44,10 +45,11 @@ def probe(run_dir: Path, dataset: Dataset) -> dict[str, float]:
     timeless.ts = np.zeros_like(dataset.ts)
     flat = SampleBuilder(timeless, model.cfg)
     out["valid, no time"], out["test, no time"] = ndcg(model, flat, valid), ndcg(model, flat, test)
-    used = set(builder._hash.tolist())
-    builder._hash = np.full_like(builder._hash, min(set(range(len(used) + 1)) - used))
-    out["valid, no user token"] = ndcg(model, builder, valid)
-    out["test, no user token"] = ndcg(model, builder, test)
+    unused = set(range(model.cfg.user_hash_buckets)) - set(builder._hash.tolist())
+    if unused:  # a per-user table (--user-hash-buckets N); the default shared token has nothing to remove
+        builder._hash = np.full_like(builder._hash, min(unused))
+        out["valid, no user token"] = ndcg(model, builder, valid)
+        out["test, no user token"] = ndcg(model, builder, test)
     return out
 
 

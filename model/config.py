@@ -39,7 +39,7 @@ class ModelConfig:
     num_layers: int = option(3, "backbone layers", "--layers")
     num_heads: int = option(8, "attention heads", "--heads")
     dropout: float = option(0.2, "dropout on the input and after every layer")
-    user_hash_buckets: int = option(2048, "rows of the hashed user-token table")
+    user_hash_buckets: int = option(2048, "rows of the hashed user-token table (1: one token shared by all)")
     num_time_buckets: int = option(64, "log-bucketed time gaps of the relative time bias")
     max_rel_pos: int = option(512, "relative positions beyond this share one learned bias")
     temperature: float = option(0.05, "softmax temperature over cosine similarities")

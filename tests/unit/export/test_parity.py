@@ -164,12 +164,12 @@ def test_store_path_history_tokens_match_torch(tiny_run, tiny_bundle, tiny_datas
 
 
 def _random_users(
-    rng: np.random.Generator, lengths: tuple[int, ...], seen: int
+    rng: np.random.Generator, lengths: tuple[int, ...], seen: int, user_rows: int
 ) -> tuple[list[UserFeatures], list[np.ndarray | None]]:
     """Users with random recent windows of these lengths, and ``seen`` random items each to exclude."""
     users = [
         UserFeatures(
-            int(rng.integers(0, 100)),
+            int(rng.integers(0, user_rows)),
             rng.integers(1, 300, n),
             rng.integers(1, 3, n),
             np.sort(rng.integers(0, 10**6, n)),
@@ -183,7 +183,9 @@ def test_io_binding_path_gives_the_same_top_k(tiny_bundle, tiny_dataset):  # typ
     """The IO-binding path (the default on CUDA) runs on the CPU provider too: same answers."""
     bundle = load_bundle(tiny_bundle)
     plain, bound = Engine(bundle, device="cpu"), Engine(bundle, device="cpu", io_binding=True)
-    users, seen = _random_users(np.random.default_rng(0), (0, 3, 8), seen=3)
+    users, seen = _random_users(
+        np.random.default_rng(0), (0, 3, 8), seen=3, user_rows=bundle.manifest.user_hash_buckets
+    )
     for a, b in zip(plain.rank(users, seen, 10), bound.rank(users, seen, 10), strict=True):
         np.testing.assert_array_equal(a.items, b.items)
         np.testing.assert_array_equal(a.scores, b.scores)
@@ -197,7 +199,9 @@ def test_cuda_provider_ranks_like_the_cpu(tiny_bundle):  # type: ignore[no-untyp
     bundle = load_bundle(tiny_bundle)
     cpu, cuda = Engine(bundle, device="cpu"), Engine(bundle, device="cuda")
     assert (cuda.device, cuda.io_binding) == ("cuda", True)
-    users, seen = _random_users(np.random.default_rng(1), (0, 1, 5, 16, 40), seen=4)
+    users, seen = _random_users(
+        np.random.default_rng(1), (0, 1, 5, 16, 40), seen=4, user_rows=bundle.manifest.user_hash_buckets
+    )
     for a, b, excluded in zip(cpu.rank(users, seen, 20), cuda.rank(users, seen, 20), seen, strict=True):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-2)
         last = len(a.items) - 1  # its rival is the first item past k, which neither answer shows
