@@ -44,10 +44,11 @@ class Row:
 
 
 SASREC = {"mode": "hstu", "backbone": "transformer", "token_layout": "items"}
+NO_ACTION_LOSS = {"action_loss_weight": 0.0}
 ONE = (0,)  # variants and ablations: one seed, positives only
 ROWS = [
     Row("popularity", seeds=ONE),
-    *(Row(f"SASRec L={n}", {**SASREC, "recent_len": n}, {"action_loss_weight": 0.0}) for n in (16, 50, 64)),
+    *(Row(f"SASRec L={n}", {**SASREC, "recent_len": n}, NO_ACTION_LOSS) for n in (16, 50, 64)),
     Row("HSTU L=16", {"mode": "hstu", "recent_len": 16}),
     Row("HSTU L=64", {"mode": "hstu", "recent_len": 64}),
     Row("HSTU L=200", {"mode": "hstu", "recent_len": 200}, views=("all-ratings",)),
@@ -68,7 +69,7 @@ VARIANTS = [
     variant("CAUSE L=32", {"mode": "cause", "recent_len": 32}),
     variant("CAUSE L=16, V=4", {**CAUSE16, "num_buckets": 4}),
     variant("CAUSE L=16, no W_align", {**CAUSE16, "use_align": False}),
-    variant("CAUSE L=16, no action loss", CAUSE16, {"action_loss_weight": 0.0}),
+    variant("CAUSE L=16, no action loss", CAUSE16, NO_ACTION_LOSS),
     variant("CAUSE L=16, K-Means categories", CAUSE16, kmeans=18),
     *(
         variant(f"CAUSE L=16, {t} tokens", {**CAUSE16, "token_layout": t})
@@ -82,13 +83,24 @@ VARIANTS = [
     variant(
         "HSTU L=16, item tokens only",
         {"mode": "hstu", "recent_len": 16, "token_layout": "items", "positions": True},
-        {"action_loss_weight": 0.0},
+        NO_ACTION_LOSS,
     ),
     variant(
         "HSTU L=16 tokens, softmax attention", {"mode": "hstu", "recent_len": 16, "backbone": "transformer"}
     ),
     # The interleaved tokens under SiLU attention without the action loss: the loss, not the tokens?
-    variant("HSTU L=16, no action loss", {"mode": "hstu", "recent_len": 16}, {"action_loss_weight": 0.0}),
+    variant("HSTU L=16, no action loss", {"mode": "hstu", "recent_len": 16}, NO_ACTION_LOSS),
+    # The [user] slot as one learned token shared by every user (--user-hash-buckets 1) instead of the
+    # hashed per-user embedding, whose 2,048 rows give each ML-100K user a row of its own (findings.md).
+    *(
+        Row(f"{name}, no user token", {**model, "user_hash_buckets": 1}, train, views, seeds)
+        for name, model, train, views, seeds in (
+            ("SASRec L=16", {**SASREC, "recent_len": 16}, NO_ACTION_LOSS, tuple(VIEWS), SEEDS),
+            ("HSTU L=16", {"mode": "hstu", "recent_len": 16}, {}, tuple(VIEWS), SEEDS),
+            ("CAUSE L=16", CAUSE16, {}, tuple(VIEWS), SEEDS),
+            ("HSTU L=64", {"mode": "hstu", "recent_len": 64}, {}, ("positives",), ONE),
+        )
+    ),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 
@@ -344,7 +356,10 @@ window (events beyond it go to the history tokens for CAUSE, and are dropped oth
 """
         if any(r["row"] in {v.name for v in variants} for r in runs):
             table = quality_table(runs, variants)
-            text += f"\nVariants and ablations (one seed; compare with the seed-0 runs above):\n\n{table}\n"
+            text += (
+                "\nVariants and ablations (one seed unless the seeds column says more; compare with the "
+                f"seed-0 runs above):\n\n{table}\n"
+            )
         sections.append(text)
     findings = folder / "findings.md"
     target.write_text(
