@@ -12,14 +12,16 @@ Writes OUT.json, OUT.md and OUT.png.
 
 Configurations:
   floor        POST /noop on the CAUSE service: the HTTP + JSON floor of this app and server.
-  read-mostly  POST /recommend for users whose query state is cached (every user was read once
-               before): one Redis round trip and the scorer, no backbone. Then once more with 16
-               paced users at half of the best throughput measured: the latency target's load.
+  read-mostly  POST /recommend for users read once before, so each has a stored answer: one Redis
+               round trip, no model call. Then once more with 16 paced users at half of the best
+               throughput measured: the latency target's load.
   mixed        POST /recommend and POST /events (one event), 4 to 1, on the same users: events
-               make the next read of their user run the backbone.
+               make the next read of their user run the backbone and the scorer.
   events       POST /events, batches of 100 events for random users, 1 and 4 clients.
-  ..., no query cache  reads and mixed traffic with CAUSEREC_QUERY_CACHE=false: the backbone on
-               every read (the path before query states were cached).
+  ..., answers not stored  reads and mixed traffic with CAUSEREC_ANSWERS_TTL_S=0: every read runs
+               the scorer from the cached query state (the path before answers were stored).
+  ..., no query cache  reads and mixed traffic with CAUSEREC_QUERY_CACHE=false and no stored
+               answers: the backbone on every read (the path before query states were cached).
   hstu-full    POST /recommend over the raw history, capped at the preset's ``full_cap`` events;
                its engine batch is capped at ``full_max_batch`` users because one user's attention
                at 4,097 tokens already needs ~0.5 GB per layer.
@@ -98,6 +100,16 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
             Config("read-mostly", "/recommend", ("RecommendUser",), preset.read_steps),
             Config("mixed", "/recommend", ("RecommendUser", "EventsUser"), preset.mixed_steps, mixed),
             Config("events", "/events", ("EventsUser",), preset.events_steps, ("--events-batch", "100"), 100),
+        ],
+        "cause-no-answers": [
+            Config("read-mostly, answers not stored", "/recommend", ("RecommendUser",), preset.read_steps),
+            Config(
+                "mixed, answers not stored",
+                "/recommend",
+                ("RecommendUser", "EventsUser"),
+                preset.mixed_steps,
+                mixed,
+            ),
         ],
         "cause-uncached": [
             Config("read, no query cache", "/recommend", ("RecommendUser",), preset.mixed_steps),
@@ -315,11 +327,14 @@ def summarize(table: list[dict]) -> dict[str, Any]:  # type: ignore[type-arg]
 
     top = {c: best(c) for c in sorted({r["config"] for r in table})}
     floor, read = top.get("floor"), top.get("read-mostly")
-    half = top.get("read-mostly at half max")
+    half, plain = top.get("read-mostly at half max"), top.get("read-mostly, answers not stored")
     return {
         "max_rps": {c: r["rps"] if r else 0.0 for c, r in top.items()},
         "p99_ms_at_max": {c: r["p99_ms"] if r else None for c, r in top.items()},
         "read_mostly_vs_floor": round(read["rps"] / floor["rps"], 3) if read and floor else None,
+        "read_mostly_answers_not_stored_vs_floor": (
+            round(plain["rps"] / floor["rps"], 3) if plain and floor else None
+        ),
         "read_mostly_p99_ms_at_half_max": half["p99_ms"] if half else None,
         "read_mostly_rps_at_half_max": half["rps"] if half else None,
         "events_per_s": {
@@ -447,17 +462,19 @@ def main() -> None:
         for name in needed:
             export_bundle(untrained_run(data, tmp / name, **models[name]), bundles[name])
         if "cause" in needed:
-            bundles["cause-uncached"] = bundles["cause"]
+            bundles["cause-uncached"] = bundles["cause-no-answers"] = bundles["cause"]
         extra = ["--id-users", str(preset.users), "--items-file", str(items_file)]
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
-            prefixes = {"cause": "lt-cause", "cause-uncached": "lt-cause", "hstu-full": "lt-hstu-full"}
+            prefixes = dict.fromkeys(("cause", "cause-no-answers", "cause-uncached"), "lt-cause")
+            prefixes["hstu-full"] = "lt-hstu-full"
             loads = {
                 name: asyncio.run(backfill(bundles[name], data, redis.url, prefixes[name], progress=False))
                 for name in sorted(needed)
             }
             settings = {
                 "cause": {"max_wait_ms": "2", "noop_route": "true"},
-                "cause-uncached": {"max_wait_ms": "2", "query_cache": "false"},
+                "cause-no-answers": {"max_wait_ms": "2", "answers_ttl_s": "0"},
+                "cause-uncached": {"max_wait_ms": "2", "query_cache": "false", "answers_ttl_s": "0"},
                 "hstu-full": {"max_wait_ms": "2", "max_batch_size": str(preset.full_max_batch)},
             }
             for repeat in range(args.repeats):
@@ -472,7 +489,7 @@ def main() -> None:
                         **settings[name],
                     ) as svc:
                         for config in series:
-                            if config.name == "read-mostly":
+                            if config.name.startswith("read-mostly"):  # answers / query states cached
                                 asyncio.run(warm(svc.url, preset.users))
                             rows += record(measure(config, svc, preset.step_s, extra, repeat))
                             if config.name == "read-mostly":

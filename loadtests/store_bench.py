@@ -76,11 +76,10 @@ async def read_once_and_add_ids(
         store = Store(client, prefix=prefix)
         reads = await store.read(model.view, users)
         queries = model.engine.encode([_features(model, r) for r in reads])
-        await store.write_queries(
+        await store.write_derived(
             model.view,
-            reads,
-            [Query(model.version, r.state.next_seq, q) for r, q in zip(reads, queries, strict=True)],
-        )  # type: ignore[union-attr]
+            [(r, Query(model.version, r.state.next_seq, q)) for r, q in zip(reads, queries, strict=True)],  # type: ignore[union-attr]
+        )
         now = time.time()
         for user in users:
             await client.zadd(

@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from service.batching import MicroBatcher
 from service.config import Settings
+from service.deps import document_keys
 from service.errors import (
     BundleError,
     CauserecError,
@@ -75,6 +76,7 @@ def make_store(redis: Redis, settings: Settings) -> Store:
         prefix=settings.key_prefix,
         dedup_retention_s=settings.dedup_retention_s,
         derived_ttl_s=settings.derived_ttl_s,
+        answers_ttl_s=settings.answers_ttl_s,
         user_ttl_s=settings.user_ttl_s,
         max_buckets=settings.max_categories,
         max_history=settings.max_history,
@@ -176,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Generative recommendations (HSTU + CAUSE history compression) served from Redis state.",
     )
     app.include_router(router)
+    document_keys(app)
     # The explorer page: static files, no build step; it talks to the API like any client.
     app.mount("/ui", StaticFiles(directory=Path(__file__).with_name("ui"), html=True), name="ui")
     if settings.noop_route:

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         description="keep each user's query state in Redis until their events change it; false: run "
         "the backbone on every read (for comparison)",
     )
+    answers_ttl_s: int = Field(
+        3_600,
+        ge=0,
+        description="keep each /recommend answer in Redis until the user's events change it (per request "
+        "shape: k, include, exclude_seen), at most this long after it was last computed; a repeated read "
+        "is then one round trip with no model call. 0: compute every answer",
+    )
     max_batch_size: int = Field(64, ge=1, le=1024, description="most /recommend requests per engine call")
     max_wait_ms: float = Field(2.0, ge=0, le=100, description="longest a request waits for its batch to fill")
     max_queue: int = Field(2048, ge=1, description="waiting /recommend requests before answering 503")

@@ -62,6 +62,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.answer_cache = Counter(
+            "causerec_answer_cache_total",
+            "/recommend answers served as stored (hit) or computed",
+            ["outcome"],
+            registry=r,
+        )
         self.redis_seconds = Histogram(
             "causerec_redis_seconds", "store operation latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r
         )

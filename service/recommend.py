@@ -1,9 +1,10 @@
 """/recommend as one batched step: one Redis round trip for many users, the backbone only for users
 whose query state is not cached, one scoring call for all.
 
-A user's query state (the encoder's output) changes only when the user's events do, so it is kept
-in Redis per model version and reused until an event moves the user's sequence number: a read of a
-fresh user costs one GET round trip and the scorer, no backbone. Each request of a batch succeeds
+A user's query state (the encoder's output) and answer change only when the user's events do, so
+both are kept in Redis per model version and reused until an event moves the user's sequence
+number: a repeated read of an unchanged user costs one round trip; a read after an event costs the
+round trip, the backbone and the scorer. Each request of a batch succeeds
 or fails on its own: a user whose stored state is unreadable gets an answer as a new user would,
 with a warning, and never fails the others.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from model.user_hash import user_hash_bucket
 from service.engine import UserFeatures
@@ -63,30 +65,61 @@ def scored(model: LoadedModel, internal: int, score: float, include: Sequence[st
     )
 
 
+def shape(request: RecommendRequest) -> str:
+    """What, besides the user and their state, decides the answer: the key of a stored answer."""
+    return f"{request.k}:{int(request.exclude_seen)}:{','.join(sorted(set(request.include)))}"
+
+
+_render = TypeAdapter(RecommendResponse).dump_json
+
+
 @dataclass
 class Recommender:
-    """The micro-batcher's handler. Reads the current model once per batch, so a hot reload never
-    mixes two models inside one batch and in-flight batches finish on the model they started with."""
+    """The micro-batcher's handler: each request's answer as the JSON body to send. Reads the
+    current model once per batch, so a hot reload never mixes two models inside one batch and
+    in-flight batches finish on the model they started with.
+
+    An answer depends only on the user's state (its sequence number), the model version and the
+    request's shape, so the store keeps rendered answers (``Store.answers_ttl_s``) and a repeated
+    read of an unchanged user is one Redis round trip, no model call and no rendering."""
 
     current_model: Callable[[], LoadedModel | None]
     store: Store
     metrics: Metrics
     query_cache: bool = True
 
-    async def __call__(self, requests: list[RecommendRequest]) -> list[RecommendResponse | Exception]:
+    async def __call__(self, requests: list[RecommendRequest]) -> list[bytes | Exception]:
         model = self.current_model()
         if model is None:
             raise ModelNotReady("no model loaded yet")
         started = time.perf_counter()
-        reads = await self.store.read(model.view, [r.user_id for r in requests])
+        shapes = [shape(q) for q in requests]
+        reads = await self.store.read(model.view, [r.user_id for r in requests], shapes)
         self.metrics.redis_seconds.labels("read").observe(time.perf_counter() - started)
+        out: list[bytes | Exception | None] = [r.answer for r in reads]
+        todo = [i for i, r in enumerate(reads) if r.answer is None]
+        if self.store.answers_ttl_s:
+            self.metrics.answer_cache.labels("hit").inc(len(reads) - len(todo))
+            self.metrics.answer_cache.labels("miss").inc(len(todo))
+        if todo:
+            answered = await self._answer(
+                model, [requests[i] for i in todo], [reads[i] for i in todo], [shapes[i] for i in todo]
+            )
+            for i, answer in zip(todo, answered, strict=True):
+                out[i] = answer
+        return out  # type: ignore[return-value]
+
+    async def _answer(
+        self, model: LoadedModel, requests: list[RecommendRequest], reads: list[UserRead], shapes: list[str]
+    ) -> list[bytes | Exception]:
+        """Run the model for users without a stored answer; store what it answered."""
         warnings: list[list[str]] = [[] for _ in reads]
         for i, r in enumerate(reads):
             if isinstance(r.error, UserStateCorrupt):
                 warnings[i].append(f"{r.error}; recommended as for a new user")
                 self.metrics.errors.labels("/recommend", "UserStateCorrupt").inc()
                 r.error = None
-        queries = await self._queries(model, reads)
+        queries, encoded = await self._queries(model, reads)
         seen = [
             model.view.ids.items.internal(seen_items(r.state, r.tokens, model.view))
             if q.exclude_seen and r.state is not None
@@ -96,12 +129,13 @@ class Recommender:
         started = time.perf_counter()
         ranked = await asyncio.to_thread(model.engine.score, queries, seen, max(q.k for q in requests))
         self.metrics.engine_seconds.labels("score").observe(time.perf_counter() - started)
-        out: list[RecommendResponse | Exception] = []
-        for q, r, found, notes in zip(requests, reads, ranked, warnings, strict=True):
+        out: list[bytes | Exception] = []
+        keep = []
+        for q, r, found, notes, key in zip(requests, reads, ranked, warnings, shapes, strict=True):
             if r.error is not None:
                 out.append(r.error)
                 continue
-            out.append(
+            body = _render(
                 RecommendResponse(
                     user_id=q.user_id,
                     model_version=model.version,
@@ -114,11 +148,21 @@ class Recommender:
                     warnings=notes,
                 )
             )
+            out.append(body)
+            if r.state is not None and not notes:  # an unknown user has nothing to stamp it with
+                keep.append((r, key, body))
+        cache = [
+            (r, Query(model.version, r.state.next_seq, queries[i]))
+            for i, r in enumerate(reads)
+            if i in encoded and r.state is not None and self.query_cache
+        ]
+        with contextlib.suppress(StoreUnavailable):  # caches: the answers do not need them
+            await self.store.write_derived(model.view, cache, keep)
         return out
 
-    async def _queries(self, model: LoadedModel, reads: list[UserRead]) -> np.ndarray:
-        """Every user's query vector: cached ones as stored, the others encoded in one call and
-        cached for the next request."""
+    async def _queries(self, model: LoadedModel, reads: list[UserRead]) -> tuple[np.ndarray, set[int]]:
+        """Every user's query vector (cached ones as stored, the others encoded in one call), and
+        which of them were encoded."""
         queries = np.zeros((len(reads), model.view.d_model), np.float32)
         missing = []
         for i, r in enumerate(reads):
@@ -128,16 +172,9 @@ class Recommender:
                 missing.append(i)
         self.metrics.query_cache.labels("hit").inc(len(reads) - len(missing))
         self.metrics.query_cache.labels("miss").inc(len(missing))
-        if not missing:
-            return queries
-        started = time.perf_counter()
-        users = [features(model, reads[i]) for i in missing]
-        encoded = await asyncio.to_thread(model.engine.encode, users)
-        self.metrics.engine_seconds.labels("encode").observe(time.perf_counter() - started)
-        queries[missing] = encoded
-        known = [i for i in missing if reads[i].state is not None and self.query_cache]
-        if known:
-            cache = [Query(model.version, reads[i].state.next_seq, queries[i]) for i in known]  # type: ignore[union-attr]
-            with contextlib.suppress(StoreUnavailable):  # a cache write: the answer does not need it
-                await self.store.write_queries(model.view, [reads[i] for i in known], cache)
-        return queries
+        if missing:
+            started = time.perf_counter()
+            users = [features(model, reads[i]) for i in missing]
+            queries[missing] = await asyncio.to_thread(model.engine.encode, users)
+            self.metrics.engine_seconds.labels("encode").observe(time.perf_counter() - started)
+        return queries, set(missing)

@@ -1,6 +1,7 @@
 """The store's Lua scripts: each runs atomically on the one slot of a user's keys."""
 
-# Compare-and-set append, one user. KEYS: state, dedup, tok:<version>, hist, mem:<version>.
+# Compare-and-set append, one user. KEYS: state, dedup, tok:<version>, hist, mem:<version>,
+# ans:<version> (rendered answers: deleted, they describe the state before).
 # ARGV: expected state head ("" = no state yet), new state, new tokens ("" = keep), history op
 # ("" | "a"+bytes to append | "s"+bytes to replace | "t<n>:"+bytes to append, then drop the first n
 # bytes), new memory ("" = keep), user TTL s (0 = none),
@@ -12,6 +13,7 @@ if cur then head = string.sub(cur, 1, string.len(ARGV[1])) end
 if (cur and string.len(ARGV[1]) == 0) or head ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[2]) end
+redis.call('DEL', KEYS[6])
 if string.len(ARGV[3]) > 0 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[7]) end
 if string.len(ARGV[5]) > 0 then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[7]) end
 local op = string.sub(ARGV[4], 1, 1)

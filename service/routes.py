@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import ModelDep, SettingsDep, StoreDep, require
+from service.deps import ModelDep, SettingsDep, StoreDep, get_model, require
 from service.errors import EventsNotApplied, StoreUnavailable, UnknownUser, UserStateCorrupt
 from service.ingest import validate_events
 from service.schemas import (
@@ -29,13 +29,15 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 401, 403, 409, 413, 422, 503)}
 
 
-@router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=[require("read")])
-async def recommend(body: RecommendRequest, request: Request, _model: ModelDep) -> RecommendResponse:
+@router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, **require("read"))
+async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for a user from their stored history tokens and recent events."""
-    return await request.app.state.batcher.submit(body)  # type: ignore[no-any-return]
+    await get_model(request)  # 503 with the reason; called rather than injected, as require explains
+    # The batcher answers with the body already rendered (and possibly stored): sent as is.
+    return Response(await request.app.state.batcher.submit(body), media_type="application/json")
 
 
-@router.post("/events", response_model=EventsResponse, responses=ERRORS, dependencies=[require("write")])
+@router.post("/events", response_model=EventsResponse, responses=ERRORS, **require("write"))
 async def post_events(
     body: EventsRequest, request: Request, model: ModelDep, store: StoreDep, settings: SettingsDep
 ) -> EventsResponse:
@@ -75,7 +77,7 @@ async def post_events(
     "/users/{user_id}",
     response_model=UserState,
     responses={**ERRORS, 404: {"model": Problem}},
-    dependencies=[require("read")],
+    **require("read"),
 )
 async def get_user(user_id: Id, model: ModelDep, store: StoreDep) -> UserState:
     """A user's stored state as the served model sees it: recent events, history buckets (which
@@ -131,7 +133,7 @@ async def model_info(model: ModelDep) -> dict[str, Any]:
     }
 
 
-@router.post("/admin/reload", responses=ERRORS, dependencies=[require("admin")])
+@router.post("/admin/reload", responses=ERRORS, **require("admin"))
 async def reload(request: Request, body: ReloadRequest | None = None) -> dict[str, str]:
     """Load a bundle and swap it in atomically; on any problem the current model keeps serving."""
     model = await request.app.state.reload(body.bundle if body else None)

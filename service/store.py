@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,17 +35,20 @@ from service.redis_scripts import APPEND, SET_DERIVED
 from service.store_codec import (
     EVENT,
     SCHEMA,
+    STATE_HEAD_BYTES,
     CorruptValue,
     MemoryRecord,
     Query,
     State,
     Tokens,
     UserKeys,
+    decode_answer,
     decode_events,
     decode_memory,
     decode_query,
     decode_state,
     decode_tokens,
+    encode_answer,
     encode_events,
     encode_memory,
     encode_query,
@@ -54,6 +57,7 @@ from service.store_codec import (
     keys_from_state,
     meta_key,
     state_head,
+    state_next_seq,
     user_keys,
 )
 from service.store_types import Counters, Inspected, UserOutcome, UserRead
@@ -99,6 +103,7 @@ class Store:
         prefix: str = "causerec",
         dedup_retention_s: int = 86_400,
         derived_ttl_s: int = 7 * 86_400,
+        answers_ttl_s: int = 0,
         user_ttl_s: int = 0,
         max_buckets: int | None = None,
         max_history: int | None = None,
@@ -113,6 +118,7 @@ class Store:
         # Derived values never outlive the state: a user forgotten and back again starts at seq 0,
         # and must not meet tokens stamped with the seqs of the previous life.
         self.derived_ttl_s = min(derived_ttl_s, user_ttl_s) if user_ttl_s else derived_ttl_s
+        self.answers_ttl_s = min(answers_ttl_s, self.derived_ttl_s) if answers_ttl_s else 0  # 0: none kept
         self.max_buckets = max_buckets  # categories kept per user (None: all)
         self.max_history = max_history  # memory compressor: raw history events kept (None: all)
         self.max_retries = max_retries
@@ -158,13 +164,35 @@ class Store:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
 
     # ---- read -----------------------------------------------------------------------------------
-    async def read(self, model: ModelView, user_ids: list[str]) -> list[UserRead]:
+    async def read(
+        self, model: ModelView, user_ids: list[str], shapes: list[str] | None = None
+    ) -> list[UserRead]:
         """State, history tokens and query state of many users: one round trip when all are fresh.
 
-        Derived values that are missing, stale (another model version or history state) or
-        unreadable are rebuilt from the state and written back; an unreadable state fails only
-        its own user (``UserRead.error``)."""
+        With ``shapes`` (one per user: the request's shape, see ``write_derived``), a first round
+        trip asks only for an answer stored for that shape and the state's header; a user whose
+        answer is fresh gets it as ``UserRead.answer`` and nothing else is read for them. Derived
+        values that are missing, stale (another model version or history state) or unreadable are
+        rebuilt from the state and written back; an unreadable state fails only its own user
+        (``UserRead.error``)."""
         reads = [UserRead(u, self.keys(u), None) for u in user_ids]
+        if shapes is None or not self.answers_ttl_s:
+            await self._read_state(model, reads)
+            return reads
+        pipe = self.redis.pipeline(transaction=False)
+        for r, shape in zip(reads, shapes, strict=True):
+            pipe.getrange(r.keys.state, 0, STATE_HEAD_BYTES - 1)
+            pipe.hget(r.keys.answers(model.version), shape)
+        replies = await self._io(pipe)
+        for r, head, answer in zip(reads, replies[0::2], replies[1::2], strict=True):
+            if head and answer and not isinstance(answer, Exception) and not isinstance(head, Exception):
+                r.answer = self._answer(answer, model, head)
+        await self._read_state(model, [r for r in reads if r.answer is None])
+        return reads
+
+    async def _read_state(self, model: ModelView, reads: list[UserRead]) -> None:
+        if not reads:
+            return
         pipe = self.redis.pipeline(transaction=False)
         for r in reads:
             pipe.get(r.keys.state)
@@ -194,7 +222,18 @@ class Store:
                 r.tokens = None  # no history to compress (yet)
         if stale:
             await self._rebuild_tokens(model, stale)
-        return reads
+
+    def _answer(self, blob: bytes, model: ModelView, head: bytes) -> bytes | None:
+        """A stored answer's body if it was rendered by ``model`` at the state's current sequence
+        number (the append script also deletes a user's answers, so this guards only a race with a
+        reader that rendered an answer from the state before)."""
+        try:
+            version, next_seq, body = decode_answer(blob)
+            fresh_answer = (version, next_seq) == (model.version, state_next_seq(head))
+        except CorruptValue:
+            self.counters.repaired("answer")
+            return None
+        return body if fresh_answer else None
 
     def _usable_state(self, model: ModelView, user_id: str, blob: bytes) -> State:
         """The user's state, or UserStateCorrupt (an unreadable one is counted: it is the truth and
@@ -265,12 +304,25 @@ class Store:
     def _set_derived(self, pipe: Any, keys: UserKeys, head: bytes, key: str, value: bytes) -> None:
         pipe.eval(SET_DERIVED, 2, keys.state, key, head, value, self.derived_ttl_s)
 
-    async def write_queries(self, model: ModelView, reads: list[UserRead], queries: list[Query]) -> None:
-        """Cache freshly computed query states (each only if its user's state has not moved)."""
+    async def write_derived(
+        self,
+        model: ModelView,
+        queries: Sequence[tuple[UserRead, Query]] = (),
+        answers: Sequence[tuple[UserRead, str, bytes]] = (),
+    ) -> None:
+        """Cache freshly computed query states (each only if its user's state has not moved) and
+        rendered answers (stamped with the state's sequence number, by request shape), in one
+        round trip."""
         pipe = self._writes()
-        for r, q in zip(reads, queries, strict=True):
+        for r, q in queries:
             self._set_derived(pipe, r.keys, r.head, r.keys.query(model.version), encode_query(q))
-        await self._io(pipe)
+        for r, shape, body in answers if self.answers_ttl_s else ():
+            assert r.state is not None
+            key = r.keys.answers(model.version)
+            pipe.hset(key, shape, encode_answer(model.version, r.state.next_seq, body))
+            pipe.expire(key, self.answers_ttl_s)
+        if queries or (answers and self.answers_ttl_s):
+            await self._io(pipe)
 
     async def recompute_all(self, model: ModelView, batch: int = 256) -> int:
         """Build ``model``'s tokens for every user who lacks fresh ones (before switching traffic to
@@ -319,6 +371,7 @@ class Store:
             "state": k.state,
             "tokens": k.tokens(model.version),
             "query": k.query(model.version),
+            "answers": k.answers(model.version),
             "memory": k.memory(model.version),
             "history": k.history,
             "dedup": k.dedup,
@@ -525,12 +578,13 @@ class Store:
         ids = [x for e in p.result.accepted if e.event_id is not None for x in (expiry, e.event_id)]
         pipe.eval(
             APPEND,
-            5,
+            6,
             p.keys.state,
             p.keys.dedup,
             p.keys.tokens(model.version),
             p.keys.history,
             p.keys.memory(model.version),
+            p.keys.answers(model.version),
             p.head,
             encode_state(p.result.state),
             encode_tokens(p.tokens) if p.tokens is not None else b"",

@@ -10,6 +10,7 @@ replaced by a hash, so a ``}`` in a user id can never move the tag.
     <prefix>:v2:{u:<id>}:tok:<version>  string  history tokens of one model version (derived)
     <prefix>:v2:{u:<id>}:mem:<version>  string  memory compressor: folded memory of one version
     <prefix>:v2:{u:<id>}:q:<version>    string  the user's query state for one version (derived)
+    <prefix>:v2:{u:<id>}:ans:<version>  hash    rendered /recommend answers of one version (derived)
     <prefix>:v2:ids                     hash    stable ids of items, actions, categories (service.ids)
     <prefix>:v2:meta                    hash    the layout the store was written with
 
@@ -56,6 +57,7 @@ _BUCKET_ROW = struct.Struct("<II")  # format 2: ts, item
 _TOK_HEAD = struct.Struct("<B16sIHH")  # format, model version, history seq, n tokens, D
 _TOK_ROW = np.dtype([("category", "<u4"), ("ts", "<u4"), ("seq", "<u4")])
 _QUERY_HEAD = struct.Struct("<B16sIH")  # format, model version, next seq, D
+_ANSWER_HEAD = struct.Struct("<B16sI")  # format, model version, next seq
 # format, model version, history seq, events folded, newest history key (ts, seq), C, D, open length
 _MEM_HEAD = struct.Struct("<B16sIIIIHHH")
 
@@ -98,6 +100,9 @@ class UserKeys:
 
     def query(self, version: str) -> str:
         return f"{self.base}:q:{version}"
+
+    def answers(self, version: str) -> str:
+        return f"{self.base}:ans:{version}"
 
 
 def user_keys(prefix: str, user_id: str) -> UserKeys:
@@ -359,6 +364,13 @@ def _decode_state_v2(blob: bytes) -> State:
     return State(kind, length, g, next_seq, history_seq, history_len, recent, buckets)
 
 
+def state_next_seq(blob: bytes) -> int:
+    """The next seq in a state's header, without decoding the rest (CorruptValue if too short)."""
+    if len(blob) < _STATE_HEAD.size:
+        raise CorruptValue(f"state: {len(blob)} bytes, shorter than its header")
+    return int(_STATE_HEAD.unpack_from(blob)[6])
+
+
 def state_head(blob: bytes | None) -> bytes:
     """The bytes the append script compares (b"" for a user with no state yet)."""
     return blob[:STATE_HEAD_BYTES] if blob else b""
@@ -436,6 +448,18 @@ def decode_query(blob: bytes) -> Query:
     if len(blob) != _QUERY_HEAD.size + 4 * d:
         raise CorruptValue(f"query state: {len(blob)} bytes for D={d}")
     return Query(version.rstrip(b"\0").decode(), next_seq, np.frombuffer(blob, "<f4", d, _QUERY_HEAD.size))
+
+
+# ---- rendered answers (derived, one hash per model version, a field per request shape) ----------
+def encode_answer(version: str, next_seq: int, body: bytes) -> bytes:
+    """A /recommend answer as sent, stamped with the state's next seq it was computed at."""
+    return _ANSWER_HEAD.pack(FORMAT, version.encode()[:16], next_seq) + body
+
+
+def decode_answer(blob: bytes) -> tuple[str, int, bytes]:
+    """(model version, next seq, body) of a rendered answer."""
+    _, version, next_seq = _head(blob, _ANSWER_HEAD, "rendered answer")
+    return version.rstrip(b"\0").decode(), next_seq, blob[_ANSWER_HEAD.size :]
 
 
 # ---- memory compressor (derived, one key per model version) --------------------------------------

@@ -29,6 +29,8 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
         "read-mostly at half max",
         "mixed",
         "events",
+        "read-mostly, answers not stored",
+        "mixed, answers not stored",
         "read, no query cache",
         "mixed, no query cache",
         "hstu-full",
@@ -40,6 +42,7 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     assert set(result["summary"]["cpu"]["events_per_s"]) == {"1 clients", "4 clients"}
     assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
     assert result["summary"]["cpu"]["read_mostly_vs_floor"] > 0
+    assert result["summary"]["cpu"]["read_mostly_answers_not_stored_vs_floor"] > 0
     header, *measured = out.with_suffix(".rows.jsonl").read_text().splitlines()
     assert json.loads(header)["machine"] == result["machine"]
     assert [json.loads(line) for line in measured] == result["rows"]

@@ -85,8 +85,8 @@ def test_two_versions_serving_at_once_build_tokens_once_per_user(
                     assert r["history_tokens"] == V
         assert _metric(a.url, builds) == 0  # A's tokens were written by the appends
         assert _metric(b.url, builds) == len(users)  # B built each user's once, then read them
-        hits = _metric(b.url, 'causerec_query_cache_total{outcome="hit"}')
-        assert hits == 2 * len(users)  # rounds 2 and 3: the cached query state, no backbone
+        hits = _metric(b.url, 'causerec_answer_cache_total{outcome="hit"}')
+        assert hits == 2 * len(users)  # rounds 2 and 3: B's stored answers, no model call
 
 
 def test_exclude_seen_removes_the_recent_window_and_the_history_tokens_items(api, tiny_dataset) -> None:  # type: ignore[no-untyped-def]
@@ -224,3 +224,44 @@ def _probe_while(url: str, body: dict[str, object]) -> list[float]:
     assert result[0].json()["accepted"] == 1000
     assert len(latencies) >= 5  # the request took long enough to be probed
     return latencies
+
+
+def test_a_stored_answer_is_the_answer_the_model_gives_until_the_user_or_the_model_changes(
+    tiny_bundle, second_bundle, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two services on one store: A keeps answers (the default), B computes every answer
+    (CAUSEREC_ANSWERS_TTL_S=0). A's repeated reads are served as stored and are byte for byte what B
+    computes, for each request shape; after an event, or on another model, A computes again."""
+    users = [f"ans{u}" for u in range(4)]
+    shapes = [{"k": 10}, {"k": 3, "include": ["title", "categories"]}, {"k": 10, "exclude_seen": False}]
+    kw = {"key_prefix": "ans"}
+
+    def ask(url: str, user: str, shape: dict) -> bytes:  # type: ignore[type-arg]
+        r = httpx.post(url + "/recommend", json={"user_id": user, **shape}, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.content
+
+    hit, miss = 'causerec_answer_cache_total{outcome="hit"}', 'causerec_answer_cache_total{outcome="miss"}'
+    with (
+        ServiceProcess(tiny_bundle, redis_server.url, tmp_path / "a.log", **kw) as a,
+        ServiceProcess(tiny_bundle, redis_server.url, tmp_path / "b.log", answers_ttl_s="0", **kw) as b,
+    ):
+        for n, u in enumerate(users):
+            items = [f"i{1 + (n * 11 + j) % 290}" for j in range(30)]
+            assert httpx.post(a.url + "/events", json=events_body(u, items)).status_code == 200
+        for u in users:
+            for shape in shapes:
+                first, again = ask(a.url, u, shape), ask(a.url, u, shape)
+                assert first == again == ask(b.url, u, shape)
+        assert (_metric(a.url, hit), _metric(a.url, miss)) == (len(users) * len(shapes),) * 2
+
+        assert httpx.post(a.url + "/events", json=events_body(users[0], ["i7"], 5000)).status_code == 200
+        for shape in shapes:
+            assert ask(a.url, users[0], shape) == ask(b.url, users[0], shape)
+        assert _metric(a.url, miss) == (len(users) + 1) * len(shapes)  # the moved user, computed again
+
+        r = httpx.post(a.url + "/admin/reload", json={"bundle": str(second_bundle)}, timeout=60)
+        assert r.status_code == 200, r.text
+        answer = httpx.post(a.url + "/recommend", json={"user_id": users[1], "k": 10}, timeout=10).json()
+        assert answer["model_version"] == r.json()["model_version"]
+        assert _metric(a.url, miss) == (len(users) + 1) * len(shapes) + 1
