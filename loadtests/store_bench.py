@@ -5,10 +5,11 @@
 
 Synthetic users (20 categories, every user exactly N events) are loaded through the store's own
 append path into an embedded redis-server (AOF, appendfsync always, as `causerec serve` runs it),
-at 2,048 and 20,000 events per user; each user then gets one read (so a query state is cached, as
-for any active user) and, for a production mix, ``--ids-per-user`` event ids in its dedup set (the
-ids of a day of activity: they expire after 24 h). MEMORY USAGE is summed per key over a sample of
-users. Model weights do not change sizes: the bundle is untrained, L=64, V=8, G=32, d=64.
+at 2,048 and 20,000 events per user; each user then gets one read (so a query state and an answer
+at k=20 are cached, as for any active user) and, for a production mix, ``--ids-per-user`` event
+ids in its dedup set (the ids of a day of activity: they expire after 24 h). MEMORY USAGE is summed
+per key over a sample of users. Model weights do not change sizes: the bundle is untrained, L=64,
+V=8, G=32, d=64.
 
 The bucket bound (``--max-categories``, the service's CAUSEREC_MAX_CATEGORIES) is measured for its
 effect too: the share of users whose V history buckets (what the model reads) differ from the
@@ -43,6 +44,7 @@ async def bytes_per_user(url: str, users: list[str], prefix: str, version: str) 
         "state": lambda k: k.state,
         "tokens": lambda k: k.tokens(version),
         "query": lambda k: k.query(version),
+        "answers": lambda k: k.answers(version),
         "dedup": lambda k: k.dedup,
         "history": lambda k: k.history,
         "memory": lambda k: k.memory(version),
@@ -63,23 +65,22 @@ async def bytes_per_user(url: str, users: list[str], prefix: str, version: str) 
 async def read_once_and_add_ids(
     url: str, bundle: Path, prefix: str, users: list[str], ids_per_user: int
 ) -> str:
-    """One read per sampled user (caches its query state) and ``ids_per_user`` event ids in its dedup
-    set, as the service would hold for a day of that user's events; returns the model version."""
+    """One /recommend read per sampled user at the service's defaults (k=20; caches its query state
+    and its answer) and ``ids_per_user`` event ids in its dedup set, as the service would hold for a
+    day of that user's events; returns the model version."""
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.recommend import Recommender
     from service.redis_client import connect
     from service.runtime import load_model
+    from service.schemas import RecommendRequest
     from service.store import Store
-    from service.store_codec import Query
 
     client = connect(url)
     try:
         model = await load_model(bundle, client, prefix, device="cpu")
-        store = Store(client, prefix=prefix)
-        reads = await store.read(model.view, users)
-        queries = model.engine.encode([_features(model, r) for r in reads])
-        await store.write_derived(
-            model.view,
-            [(r, Query(model.version, r.state.next_seq, q)) for r, q in zip(reads, queries, strict=True)],  # type: ignore[union-attr]
-        )
+        store = Store(client, prefix=prefix, answers_ttl_s=Settings.model_fields["answers_ttl_s"].default)
+        await Recommender(lambda: model, store, Metrics())([RecommendRequest(user_id=u) for u in users])
         now = time.time()
         for user in users:
             await client.zadd(
@@ -89,12 +90,6 @@ async def read_once_and_add_ids(
         return model.version
     finally:
         await client.aclose()
-
-
-def _features(model, read):  # type: ignore[no-untyped-def]
-    from service.recommend import features
-
-    return features(model, read)
 
 
 def bound_effect(
