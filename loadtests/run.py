@@ -317,7 +317,27 @@ def aggregate(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
     return out
 
 
-def summarize(table: list[dict]) -> dict[str, Any]:  # type: ignore[type-arg]
+def ratio_per_repeat(rows: list[dict], config: str, base: str) -> dict[str, Any] | None:  # type: ignore[type-arg]
+    """``config``'s best req/s over ``base``'s within each repeat: the median and the range. On a
+    shared machine whole repeats move together, so the ratio within one is steadier than the ratio
+    of the two medians."""
+    ratios = []
+    for repeat in sorted({r["repeat"] for r in rows}):
+        best = {
+            c: max((r["rps"] for r in rows if (r["repeat"], r["config"]) == (repeat, c)), default=0.0)
+            for c in (config, base)
+        }
+        if best[config] and best[base]:
+            ratios.append(best[config] / best[base])
+    if not ratios:
+        return None
+    return {
+        "median": round(float(np.median(ratios)), 3),
+        "range": [round(min(ratios), 3), round(max(ratios), 3)],
+    }
+
+
+def summarize(table: list[dict], rows: list[dict]) -> dict[str, Any]:  # type: ignore[type-arg]
     def best(config: str) -> dict | None:  # type: ignore[type-arg]
         rs = [r for r in table if r["config"] == config and not r["failures"]]
         return max(rs, key=lambda r: r["rps"]) if rs else None
@@ -332,6 +352,10 @@ def summarize(table: list[dict]) -> dict[str, Any]:  # type: ignore[type-arg]
         "max_rps": {c: r["rps"] if r else 0.0 for c, r in top.items()},
         "p99_ms_at_max": {c: r["p99_ms"] if r else None for c, r in top.items()},
         "read_mostly_vs_floor": round(read["rps"] / floor["rps"], 3) if read and floor else None,
+        "read_mostly_vs_floor_per_repeat": ratio_per_repeat(rows, "read-mostly", "floor"),
+        "read_mostly_answers_not_stored_vs_floor_per_repeat": ratio_per_repeat(
+            rows, "read-mostly, answers not stored", "floor"
+        ),
         "read_mostly_answers_not_stored_vs_floor": (
             round(plain["rps"] / floor["rps"], 3) if plain and floor else None
         ),
@@ -516,7 +540,10 @@ def main() -> None:
         "backfill": loads,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.monotonic() - started, 1),
-        "summary": {d: summarize([r for r in table if r["device"] == d]) for d in args.device},
+        "summary": {
+            d: summarize([r for r in table if r["device"] == d], [r for r in rows if r["device"] == d])
+            for d in args.device
+        },
         "table": table,
         "rows": rows,
     }

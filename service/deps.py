@@ -54,9 +54,10 @@ KEY_SCHEMES = {
 
 def require(scope: str) -> dict[str, Any]:
     """Route options of a route that needs ``scope``: the check, and the key schemes in its OpenAPI
-    operation (``document_keys`` declares them). The check reads the headers itself: as FastAPI
-    header or security parameters they cost /recommend ~50 us of CPU per request, a quarter of what
-    the whole HTTP floor costs (docs/PERFORMANCE.md)."""
+    operation (``document_keys`` declares them). The check reads the headers itself: declared as
+    FastAPI security parameters (APIKeyHeader, HTTPBearer) they cost /recommend ~50 us of CPU per
+    request, a quarter of what the whole HTTP floor costs (docs/PERFORMANCE.md, "Where the time
+    goes")."""
     needed = SCOPES[scope]
 
     async def check(request: Request) -> None:

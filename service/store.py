@@ -2,9 +2,11 @@
 concurrent writer or a broken value does. The rules live in service.user_state (pure, tested by
 properties); this module only reads, calls them off the event loop, and writes.
 
-Read (a /recommend batch): one pipeline GETs every user's state, history tokens and query state for
-the served model version. Fresh derived state is used as is; stale or missing tokens are rebuilt
-from the state and written back (only if the state did not move meanwhile).
+Read (a /recommend batch): one pipeline asks for each user's stored answer of the request's shape
+and the state's header; a fresh answer ends that user's read. For the others one pipeline GETs the
+state, history tokens and query state for the served model version. Fresh derived state is used as
+is; stale or missing tokens are rebuilt from the state and written back (only if the state did not
+move meanwhile).
 
 Append (an /events batch): one pipeline reads the users' states and tokens and the dedup scores of
 events that carry ids; the new states and tokens are computed off the loop (stored buckets no event
@@ -186,7 +188,7 @@ class Store:
         replies = await self._io(pipe)
         for r, head, answer in zip(reads, replies[0::2], replies[1::2], strict=True):
             if head and answer and not isinstance(answer, Exception) and not isinstance(head, Exception):
-                r.answer = self._answer(answer, model, head)
+                r.answer = self._fresh_answer(answer, model, head)
         await self._read_state(model, [r for r in reads if r.answer is None])
         return reads
 
@@ -223,7 +225,7 @@ class Store:
         if stale:
             await self._rebuild_tokens(model, stale)
 
-    def _answer(self, blob: bytes, model: ModelView, head: bytes) -> bytes | None:
+    def _fresh_answer(self, blob: bytes, model: ModelView, head: bytes) -> bytes | None:
         """A stored answer's body if it was rendered by ``model`` at the state's current sequence
         number (the append script also deletes a user's answers, so this guards only a race with a
         reader that rendered an answer from the state before)."""

@@ -43,6 +43,7 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     assert min(result["summary"]["cpu"]["events_per_s"].values()) > 0
     assert result["summary"]["cpu"]["read_mostly_vs_floor"] > 0
     assert result["summary"]["cpu"]["read_mostly_answers_not_stored_vs_floor"] > 0
+    assert result["summary"]["cpu"]["read_mostly_vs_floor_per_repeat"]["median"] > 0
     header, *measured = out.with_suffix(".rows.jsonl").read_text().splitlines()
     assert json.loads(header)["machine"] == result["machine"]
     assert [json.loads(line) for line in measured] == result["rows"]
