@@ -38,7 +38,7 @@ from service.errors import (
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext, request_id
-from service.recommend import Recommender
+from service.recommend import AnswerLookup, Recommender
 from service.redis_client import connect
 from service.routes import noop, router
 from service.runtime import LoadedModel, load_model
@@ -157,6 +157,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_batch=metrics.batch_size.observe,
         )
         state.batcher.start()
+        state.lookups = None
+        if settings.answers_ttl_s:
+            lookup = AnswerLookup(lambda: state.model, state.store, metrics)
+            state.lookups = MicroBatcher(lookup, settings.max_batch_size, 0, settings.max_queue)
+            state.lookups.start()
         loader = asyncio.create_task(initial_load())
         loop = asyncio.get_running_loop()
         # Only the main thread may own signals (not so under some test runners): the admin route remains.
@@ -169,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loader.cancel()
             await state.batcher.stop()
+            if state.lookups:
+                await state.lookups.stop()
             await state.redis.aclose()
 
     app = FastAPI(

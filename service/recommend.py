@@ -1,12 +1,13 @@
-"""/recommend as one batched step: one Redis round trip for many users, the backbone only for users
-whose query state is not cached, one scoring call for all.
+"""/recommend in two batched stages: stored answers first (AnswerLookup), then, for the requests
+without one, one Redis round trip for many users, the backbone only for users whose query state is
+not cached, one scoring call for all (Recommender).
 
 A user's query state (the encoder's output) and answer change only when the user's events do, so
 both are kept in Redis per model version and reused until an event moves the user's sequence
-number: a repeated read of an unchanged user costs one round trip; a read after an event costs the
-round trip, the backbone and the scorer. Each request of a batch succeeds
-or fails on its own: a user whose stored state is unreadable gets an answer as a new user would,
-with a warning, and never fails the others.
+number: a repeated read of an unchanged user costs one round trip; a read after an event costs two,
+the backbone and the scorer. Each request of a batch succeeds or fails on its own: a user whose
+stored state is unreadable gets an answer as a new user would, with a warning, and never fails the
+others.
 """
 
 from __future__ import annotations
@@ -74,14 +75,37 @@ _render = TypeAdapter(RecommendResponse).dump_json
 
 
 @dataclass
-class Recommender:
-    """The micro-batcher's handler: each request's answer as the JSON body to send. Reads the
-    current model once per batch, so a hot reload never mixes two models inside one batch and
-    in-flight batches finish on the model they started with.
+class AnswerLookup:
+    """The first stage of /recommend: answers stored for unchanged users (None for the others).
 
     An answer depends only on the user's state (its sequence number), the model version and the
     request's shape, so the store keeps rendered answers (``Store.answers_ttl_s``) and a repeated
-    read of an unchanged user is one Redis round trip, no model call and no rendering."""
+    read of an unchanged user is one round trip: no decoding, no model call, no rendering. Its
+    batcher does not wait for a batch to fill (nothing here gains from a larger batch but the one
+    round trip); requests without an answer go on to the Recommender's batcher, which does."""
+
+    current_model: Callable[[], LoadedModel | None]
+    store: Store
+    metrics: Metrics
+
+    async def __call__(self, requests: list[RecommendRequest]) -> list[bytes | None | Exception]:
+        model = self.current_model()
+        if model is None:
+            raise ModelNotReady("no model loaded yet")
+        found = await self.store.answers(
+            model.view, [q.user_id for q in requests], [shape(q) for q in requests]
+        )
+        hits = sum(answer is not None for answer in found)
+        self.metrics.answer_cache.labels("hit").inc(hits)
+        self.metrics.answer_cache.labels("miss").inc(len(found) - hits)
+        return list(found)
+
+
+@dataclass
+class Recommender:
+    """The micro-batcher's handler: each request's answer, computed, as the JSON body to send (and
+    stored for the AnswerLookup). Reads the current model once per batch, so a hot reload never
+    mixes two models inside one batch and in-flight batches finish on the model they started with."""
 
     current_model: Callable[[], LoadedModel | None]
     store: Store
@@ -93,26 +117,8 @@ class Recommender:
         if model is None:
             raise ModelNotReady("no model loaded yet")
         started = time.perf_counter()
-        shapes = [shape(q) for q in requests]
-        reads = await self.store.read(model.view, [r.user_id for r in requests], shapes)
+        reads = await self.store.read(model.view, [r.user_id for r in requests])
         self.metrics.redis_seconds.labels("read").observe(time.perf_counter() - started)
-        out: list[bytes | Exception | None] = [r.answer for r in reads]
-        todo = [i for i, r in enumerate(reads) if r.answer is None]
-        if self.store.answers_ttl_s:
-            self.metrics.answer_cache.labels("hit").inc(len(reads) - len(todo))
-            self.metrics.answer_cache.labels("miss").inc(len(todo))
-        if todo:
-            answered = await self._answer(
-                model, [requests[i] for i in todo], [reads[i] for i in todo], [shapes[i] for i in todo]
-            )
-            for i, answer in zip(todo, answered, strict=True):
-                out[i] = answer
-        return out  # type: ignore[return-value]
-
-    async def _answer(
-        self, model: LoadedModel, requests: list[RecommendRequest], reads: list[UserRead], shapes: list[str]
-    ) -> list[bytes | Exception]:
-        """Run the model for users without a stored answer; store what it answered."""
         warnings: list[list[str]] = [[] for _ in reads]
         for i, r in enumerate(reads):
             if isinstance(r.error, UserStateCorrupt):
@@ -131,7 +137,7 @@ class Recommender:
         self.metrics.engine_seconds.labels("score").observe(time.perf_counter() - started)
         out: list[bytes | Exception] = []
         keep = []
-        for q, r, found, notes, key in zip(requests, reads, ranked, warnings, shapes, strict=True):
+        for q, r, found, notes in zip(requests, reads, ranked, warnings, strict=True):
             if r.error is not None:
                 out.append(r.error)
                 continue
@@ -150,7 +156,7 @@ class Recommender:
             )
             out.append(body)
             if r.state is not None and not notes:  # an unknown user has nothing to stamp it with
-                keep.append((r, key, body))
+                keep.append((r, shape(q), body))
         cache = [
             (r, Query(model.version, r.state.next_seq, queries[i]))
             for i, r in enumerate(reads)

@@ -33,8 +33,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 
 async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for a user from their stored history tokens and recent events."""
     await get_model(request)  # 503 with the reason; called rather than injected, as require explains
-    # The batcher answers with the body already rendered (and possibly stored): sent as is.
-    return Response(await request.app.state.batcher.submit(body), media_type="application/json")
+    state = request.app.state
+    # An answer stored for this user and request shape, else one computed (and stored); both are
+    # the rendered body, sent as is.
+    answer = await state.lookups.submit(body) if state.lookups else None
+    if answer is None:
+        answer = await state.batcher.submit(body)
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/events", response_model=EventsResponse, responses=ERRORS, **require("write"))

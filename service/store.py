@@ -2,9 +2,10 @@
 concurrent writer or a broken value does. The rules live in service.user_state (pure, tested by
 properties); this module only reads, calls them off the event loop, and writes.
 
-Read (a /recommend batch): one pipeline asks for each user's stored answer of the request's shape
-and the state's header; a fresh answer ends that user's read. For the others one pipeline GETs the
-state, history tokens and query state for the served model version. Fresh derived state is used as
+Answers (the first stage of a /recommend batch): one pipeline asks for each user's stored answer
+of the request's shape and the state's header; a fresh answer ends that request. Read (the users
+without one): one pipeline GETs the state, history tokens and query state for the served model
+version. Fresh derived state is used as
 is; stale or missing tokens are rebuilt from the state and written back (only if the state did not
 move meanwhile).
 
@@ -166,35 +167,31 @@ class Store:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from None
 
     # ---- read -----------------------------------------------------------------------------------
-    async def read(
-        self, model: ModelView, user_ids: list[str], shapes: list[str] | None = None
-    ) -> list[UserRead]:
+    async def answers(self, model: ModelView, user_ids: list[str], shapes: list[str]) -> list[bytes | None]:
+        """Each user's stored answer of the request's ``shape`` (see ``write_derived``) if it is
+        fresh, else None: one round trip asking only for the answer and the state's header."""
+        if not self.answers_ttl_s:
+            return [None] * len(user_ids)
+        keys = [self.keys(u) for u in user_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for k, shape in zip(keys, shapes, strict=True):
+            pipe.getrange(k.state, 0, STATE_HEAD_BYTES - 1)
+            pipe.hget(k.answers(model.version), shape)
+        replies = await self._io(pipe)
+        return [
+            self._fresh_answer(answer, model, head)
+            if head and answer and not isinstance(head, Exception) and not isinstance(answer, Exception)
+            else None
+            for head, answer in zip(replies[0::2], replies[1::2], strict=True)
+        ]
+
+    async def read(self, model: ModelView, user_ids: list[str]) -> list[UserRead]:
         """State, history tokens and query state of many users: one round trip when all are fresh.
 
-        With ``shapes`` (one per user: the request's shape, see ``write_derived``), a first round
-        trip asks only for an answer stored for that shape and the state's header; a user whose
-        answer is fresh gets it as ``UserRead.answer`` and nothing else is read for them. Derived
-        values that are missing, stale (another model version or history state) or unreadable are
-        rebuilt from the state and written back; an unreadable state fails only its own user
-        (``UserRead.error``)."""
+        Derived values that are missing, stale (another model version or history state) or
+        unreadable are rebuilt from the state and written back; an unreadable state fails only its
+        own user (``UserRead.error``)."""
         reads = [UserRead(u, self.keys(u), None) for u in user_ids]
-        if shapes is None or not self.answers_ttl_s:
-            await self._read_state(model, reads)
-            return reads
-        pipe = self.redis.pipeline(transaction=False)
-        for r, shape in zip(reads, shapes, strict=True):
-            pipe.getrange(r.keys.state, 0, STATE_HEAD_BYTES - 1)
-            pipe.hget(r.keys.answers(model.version), shape)
-        replies = await self._io(pipe)
-        for r, head, answer in zip(reads, replies[0::2], replies[1::2], strict=True):
-            if head and answer and not isinstance(answer, Exception) and not isinstance(head, Exception):
-                r.answer = self._fresh_answer(answer, model, head)
-        await self._read_state(model, [r for r in reads if r.answer is None])
-        return reads
-
-    async def _read_state(self, model: ModelView, reads: list[UserRead]) -> None:
-        if not reads:
-            return
         pipe = self.redis.pipeline(transaction=False)
         for r in reads:
             pipe.get(r.keys.state)
@@ -224,6 +221,7 @@ class Store:
                 r.tokens = None  # no history to compress (yet)
         if stale:
             await self._rebuild_tokens(model, stale)
+        return reads
 
     def _fresh_answer(self, blob: bytes, model: ModelView, head: bytes) -> bytes | None:
         """A stored answer's body if it was rendered by ``model`` at the state's current sequence

@@ -18,7 +18,6 @@ class UserRead:
     query: Query | None = None  # fresh for the state, or None (the backbone must run)
     error: Exception | None = None  # this user could not be read; the others are unaffected
     head: bytes = b""
-    answer: bytes | None = None  # a rendered answer, fresh for this request's shape (nothing else read)
 
 
 @dataclass
