@@ -16,7 +16,8 @@ SCOPES = {"read": 0, "write": 1, "admin": 2}
 
 
 # Dependencies are coroutines although none awaits: FastAPI runs a plain function in its thread
-# pool, a hand-off that cost /recommend more than its Redis round trip (py-spy, docs/PERFORMANCE.md).
+# pool, a hand-off per dependency per request (py-spy; docs/PERFORMANCE.md, "Dependencies off the
+# thread pool").
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
@@ -56,8 +57,8 @@ def require(scope: str) -> dict[str, Any]:
     """Route options of a route that needs ``scope``: the check, and the key schemes in its OpenAPI
     operation (``document_keys`` declares them). The check reads the headers itself: declared as
     FastAPI security parameters (APIKeyHeader, HTTPBearer) they cost /recommend ~50 us of CPU per
-    request, a quarter of what the whole HTTP floor costs (docs/PERFORMANCE.md, "Where the time
-    goes")."""
+    request, a quarter of what the whole HTTP floor costs (measured by hand; docs/PERFORMANCE.md,
+    "Dependencies off the thread pool")."""
     needed = SCOPES[scope]
 
     async def check(request: Request) -> None:

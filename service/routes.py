@@ -32,7 +32,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": Problem} for c in (400, 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS, **require("read"))
 async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for a user from their stored history tokens and recent events."""
-    await get_model(request)  # 503 with the reason; called rather than injected, as require explains
+    await get_model(request)  # 503 with the reason; called, not injected: no dependency to resolve
     state = request.app.state
     # An answer stored for this user and request shape, else one computed (and stored); both are
     # the rendered body, sent as is.

@@ -5,9 +5,8 @@ properties); this module only reads, calls them off the event loop, and writes.
 Answers (the first stage of a /recommend batch): one pipeline asks for each user's stored answer
 of the request's shape and the state's header; a fresh answer ends that request. Read (the users
 without one): one pipeline GETs the state, history tokens and query state for the served model
-version. Fresh derived state is used as
-is; stale or missing tokens are rebuilt from the state and written back (only if the state did not
-move meanwhile).
+version. Fresh derived state is used as is; stale or missing tokens are rebuilt from the state and
+written back (only if the state did not move meanwhile).
 
 Append (an /events batch): one pipeline reads the users' states and tokens and the dedup scores of
 events that carry ids; the new states and tokens are computed off the loop (stored buckets no event
@@ -313,16 +312,18 @@ class Store:
         """Cache freshly computed query states (each only if its user's state has not moved) and
         rendered answers (stamped with the state's sequence number, by request shape), in one
         round trip."""
+        answers = answers if self.answers_ttl_s else ()
+        if not queries and not answers:
+            return
         pipe = self._writes()
         for r, q in queries:
             self._set_derived(pipe, r.keys, r.head, r.keys.query(model.version), encode_query(q))
-        for r, shape, body in answers if self.answers_ttl_s else ():
+        for r, shape, body in answers:
             assert r.state is not None
             key = r.keys.answers(model.version)
             pipe.hset(key, shape, encode_answer(model.version, r.state.next_seq, body))
             pipe.expire(key, self.answers_ttl_s)
-        if queries or (answers and self.answers_ttl_s):
-            await self._io(pipe)
+        await self._io(pipe)
 
     async def recompute_all(self, model: ModelView, batch: int = 256) -> int:
         """Build ``model``'s tokens for every user who lacks fresh ones (before switching traffic to
