@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,17 +330,23 @@ def describe(runs: list[dict[str, Any]]) -> str:
     return f"{len(runs)} runs, seeds {seeds}"
 
 
+def machines(runs: list[dict[str, Any]]) -> str:
+    """Where the runs trained (each run records it), with how many ran on each machine."""
+    counts = Counter(r.get("machine", "not recorded") for r in runs)
+    return "; ".join(f"{m} ({n} runs)" for m, n in counts.most_common())
+
+
 def write_results(out: Path, dataset: str) -> None:
     """docs/RESULTS.md (for ml-100k, the dataset of the committed table) or OUT/<dataset>/RESULTS.md."""
-    from causerec.machine import machine
-
     folder = out / dataset
+    every_run = []
     target = out.parent / "RESULTS.md" if dataset == "ml-100k" else folder / "RESULTS.md"
     sections = []
     for view in VIEWS:
         runs = records(folder / view / "runs")
         if not runs:
             continue
+        every_run += runs
         rows = [r for r in ROWS if view in r.views]
         variants = [r for r in VARIANTS if view in r.views]
         plot_curves(runs, rows, folder / view / "curves.png", f"{dataset}, {view}: validation NDCG@10")
@@ -378,7 +385,7 @@ transformer over item tokens only (`--backbone transformer --token-layout items`
 CAUSE with V=8 buckets of G=32 items (the paper's defaults). "steps (best)": optimiser steps run,
 and the step of the best validation epoch. Train s/epoch: two runs shared the machine's 2 cores,
 one thread each.
-Machine: {machine()}.
+Machines: {machines(every_run)}.
 
 {chr(10).join(sections)}
 {findings.read_text().strip() if findings.is_file() else ""}
