@@ -50,9 +50,9 @@ soak: install
 results: install
 	$(BIN)/python -m experiments.results --dataset ml-100k --data-dir ../shared/data/ml-100k --jobs 2
 
-## Offline model latency, CAUSE vs HSTU-full (writes loadtests/results/bench_model.json).
+## Offline model latency, CAUSE vs HSTU-full, batches 1 and 32 (writes loadtests/results/bench_model.json).
 bench: install
-	$(BIN)/python -m loadtests.bench_model
+	$(BIN)/python -m loadtests.bench_model --batches 1 32
 
 ## Token layouts and compressors at 2,048 events + memory fold costs (writes loadtests/results/bench_variants.json).
 bench-variants: install
