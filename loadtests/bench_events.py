@@ -77,7 +77,7 @@ async def measure(
             for _ in range(batch)
         ]
 
-    for store in variants.values():  # warm both paths
+    for store in variants.values():  # warm every path
         await store.append(model.view, events(), now)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
