@@ -279,7 +279,9 @@ def quality_table(runs: list[dict[str, Any]], rows: list[Row]) -> str:
             if learned
             else ""
         )
-        cost = f"{np.mean([r['train_s_per_epoch'] for r in rs]):.1f}" if learned else ""
+        # null in a run that was paused while it trained (its mean would include the pause)
+        timed = [r["train_s_per_epoch"] for r in rs if r.get("train_s_per_epoch") is not None]
+        cost = f"{np.mean(timed):.1f}" if timed else "-" if learned else ""
         n20, mrr = [r["test"]["ndcg@20"] for r in rs], [r["test"]["mrr"] for r in rs]
         lines.append(
             f"| {row.name} | {rs[0].get('seq_len', '')} | {_mean_std(n10)} | {_mean_std(n20)} | "
