@@ -9,7 +9,7 @@ chunks of 64 users one after the other), and as it is with redis-py's pure-Pytho
 Same population and CAUSE bundle as the load test's small preset (1,000 users x 2,048 events,
 100,000 items, L=64, V=8, G=32, untrained), loaded through the append path into an embedded
 redis-server with AOF ``appendfsync always`` (as ``causerec serve`` runs it). Each pass appends one
-batch with each variant, in alternating order, so both see the same machine; the report gives
+batch with each variant, in rotating order, so all see the same machine; the report gives
 events/s per variant (median and range over ``--repeats`` blocks of ``--batches`` passes) and
 each one's ratio to the current path. Writes loadtests/results/bench_events.json.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from redis._parsers import _AsyncRESP3Parser
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from causerec.backfill import backfill
 from causerec.machine import machine
@@ -53,9 +52,10 @@ async def measure(
     url: str, bundle: Path, users: int, batch: int, batches: int, repeats: int
 ) -> dict[str, Any]:
     client = connect(url)
-    # The client `connect` builds, with the pure-Python parser redis-py (>= 5) uses without hiredis.
-    pool = BlockingConnectionPool.from_url(url, parser_class=_AsyncRESP3Parser)
-    python_parser = Redis(connection_pool=pool)
+    # The same client with the pure-Python parser redis-py (>= 5) uses without hiredis: the pool
+    # opens its connections on first use, with these arguments.
+    python_parser = connect(url)
+    python_parser.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP3Parser
     variants = {
         "store": Store(client, prefix="ev"),
         "previous": PreviousAppend(client, prefix="ev"),
