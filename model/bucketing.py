@@ -155,9 +155,17 @@ class UserState:
 
     def ranked_categories(self) -> list[int]:
         """Every non-empty bucket's category, most recently active first."""
-        live = [(b[-1][0], cat) for cat, b in self.buckets.items() if b]
-        live.sort(key=lambda kc: _rank(kc[0], kc[1], self.order))
-        return [cat for _, cat in live]
+        # _rank's order, spelled out: this runs for every event the store appends, over all of the
+        # user's buckets, and plain tuples sort several times faster than a key function.
+        order = self.order or int
+        live = [
+            (-ts, -seq, order(cat), cat)
+            for cat, b in self.buckets.items()
+            if b
+            for (ts, seq), _ in (b[-1],)
+        ]
+        live.sort()
+        return [row[3] for row in live]
 
     def top(self, num_buckets: int) -> list[Bucket]:
         """The history buckets, exactly as ``bucketize`` gives them for the same events."""

@@ -53,12 +53,13 @@ def make_view(engine: Engine, mapped: ids.StoreIds) -> ModelView:
         int(mapped.items.to_store[i]): tuple(int(cat_store[c]) for c in cats)
         for i, cats in enumerate(bundle.catalog.item_categories, start=1)
     }
-    internal_cats = mapped.categories.to_internal
+    internal_cats = mapped.categories.to_internal.tolist()
     far = len(internal_cats) + 1  # categories this bundle does not know rank after its own
+    # Every store category's rank, looked up per bucket on each append: a list, not numpy scalars.
+    ranks = [0] + [known or far + sid for sid, known in enumerate(internal_cats[1:], start=1)]
 
     def category_order(sid: int) -> int:
-        known = int(internal_cats[sid]) if 0 < sid < len(internal_cats) else 0
-        return known if known or sid == 0 else far + sid
+        return ranks[sid] if 0 <= sid < len(ranks) else far + sid
 
     return ModelView(
         version=m.version,

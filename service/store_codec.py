@@ -163,10 +163,12 @@ class PackedBucket(Sequence[Entry]):
     real seq at an equal timestamp, which is where any event that can still join this bucket
     belongs (docs/STORE.md, "Values")."""
 
-    __slots__ = ("_entries", "block", "n", "newest")
+    __slots__ = ("_entries", "n", "newest", "raw")
 
-    def __init__(self, block: bytes, n: int, newest: tuple[int, int, int]) -> None:
-        self.block = block  # packed_ints: the n - 1 older entries' gaps to the next entry, their items
+    def __init__(self, raw: bytes, n: int, newest: tuple[int, int, int]) -> None:
+        # As stored: the bucket's head (category, n, newest entry), then a packed_ints block of the
+        # n - 1 older entries' gaps to the next entry and their items. Written back as is.
+        self.raw = raw
         self.n = n
         self.newest = newest  # (ts, seq, item) of the newest entry
         self._entries: list[Entry] | None = None
@@ -174,7 +176,7 @@ class PackedBucket(Sequence[Entry]):
     def _older(self) -> tuple[Sequence[int], Sequence[int]]:
         """(gaps, items) of the n - 1 older entries, oldest first."""
         older = self.n - 1
-        values = packed_ints.unpack(self.block, 0, 2 * older)
+        values = packed_ints.unpack(self.raw, _BUCKET_HEAD.size, 2 * older)
         return values[:older], values[older:]
 
     def _decoded(self) -> list[Entry]:
@@ -241,14 +243,12 @@ def _gaps(ts: Sequence[int]) -> list[int]:
     return gaps
 
 
-def _pack_bucket(cat: int, entries: Sequence[Entry]) -> list[bytes]:
-    if isinstance(entries, PackedBucket):  # untouched since it was read: its bytes as they are
-        block, newest = entries.block, entries.newest
-    else:
-        (ts, seq), item = entries[-1]
-        newest = (ts, seq, item)
-        block = packed_ints.pack(_gaps([t for (t, _), _ in entries]) + [i for _, i in entries[:-1]])
-    return [_BUCKET_HEAD.pack(cat, len(entries), *newest), block]
+def _pack_bucket(cat: int, entries: Sequence[Entry]) -> bytes:
+    if type(entries) is PackedBucket:  # untouched since it was read: its bytes as they are
+        return entries.raw
+    (ts, seq), item = entries[-1]
+    block = packed_ints.pack(_gaps([t for (t, _), _ in entries]) + [i for _, i in entries[:-1]])
+    return _BUCKET_HEAD.pack(cat, len(entries), ts, seq, item) + block
 
 
 def _pack_recent(events: Sequence[Event], next_seq: int) -> bytes:
@@ -294,8 +294,7 @@ def encode_state(s: State) -> bytes:
         ),
         _pack_recent(s.recent, s.next_seq),
     ]
-    for cat, entries in s.buckets.items():
-        parts += _pack_bucket(cat, entries)
+    parts += [_pack_bucket(cat, entries) for cat, entries in s.buckets.items()]
     return b"".join(parts)
 
 
@@ -322,14 +321,14 @@ def decode_state(blob: bytes) -> State:
         recent = _unpack_recent(blob, off, n_recent, next_seq)
         off += size
         buckets: dict[int, Sequence[Entry]] = {}
+        head, unpack_head, block_size = _BUCKET_HEAD.size, _BUCKET_HEAD.unpack_from, packed_ints.size
         for _ in range(n_buckets):
-            cat, n, ts, seq, item = _BUCKET_HEAD.unpack_from(blob, off)
-            off += _BUCKET_HEAD.size
+            cat, n, ts, seq, item = unpack_head(blob, off)
             if not n:
-                raise ValueError(f"an empty bucket at byte {off}")
-            size = packed_ints.size(blob, off, 2 * (n - 1))
-            buckets[cat] = PackedBucket(blob[off : off + size], n, (ts, seq, item))
-            off += size
+                raise ValueError(f"an empty bucket at byte {off + head}")
+            end = off + head + block_size(blob, off + head, 2 * n - 2)
+            buckets[cat] = PackedBucket(blob[off:end], n, (ts, seq, item))
+            off = end
     except (struct.error, ValueError) as exc:
         raise CorruptValue(f"state: truncated ({exc})") from None
     if off != len(blob):
