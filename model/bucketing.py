@@ -118,6 +118,8 @@ class UserState:
     # category -> entries oldest first, at most bucket_size. A bucket is replaced, never edited in
     # place, and ranking reads only its newest entry: the store hands in read-only buckets that
     # decode lazily (service.store_codec.PackedBucket), so an event costs the one bucket it touches.
+    # A bucket with a ``pushed(entry, limit)`` method returns itself with ``entry`` (newer than all
+    # of it) added and the oldest dropped past ``limit``: what the list path below computes.
     buckets: MutableMapping[int, Sequence[Entry]] = field(default_factory=dict)
 
     def append(self, event: Event, categories_of: CategoriesOf) -> set[int]:
@@ -139,6 +141,13 @@ class UserState:
         touched = set()
         for cat in bucket_categories(event.item, categories_of):
             stored = self.buckets.get(cat, ())
+            pushed = getattr(stored, "pushed", None)
+            if pushed is not None and event.key > stored[-1][0]:
+                # Newer than the whole bucket (events arriving in time order): a stored bucket
+                # appends it without being decoded (service.store_codec.PackedBucket).
+                self.buckets[cat] = pushed((event.key, event.item), self.bucket_size)
+                touched.add(cat)
+                continue
             if len(stored) == self.bucket_size and event.key < stored[0][0]:
                 continue  # older than everything a full bucket keeps: nothing changes
             bucket = list(stored)

@@ -52,6 +52,7 @@ _STATE_HEAD = struct.Struct(
 )  # format, kind, L, G, n recent, n buckets, next seq, history seq, history len
 _BASE_TS = struct.Struct("<I")  # the recent window's oldest ts
 _BUCKET_HEAD = struct.Struct("<IHIII")  # category, n items, newest (ts, seq, item)
+_CATEGORY = struct.Struct("<I")  # a bucket head's first field
 _BUCKET_HEAD_V2 = struct.Struct("<IIH")  # format 2: category, newest seq, n items
 _BUCKET_ROW = struct.Struct("<II")  # format 2: ts, item
 _TOK_HEAD = struct.Struct("<B16sIHH")  # format, model version, history seq, n tokens, D
@@ -187,6 +188,25 @@ class PackedBucket(Sequence[Entry]):
             keys = zip(ts, range(1 - self.n, 0), strict=True)
             self._entries = [*zip(keys, items, strict=True), ((newest_ts, newest_seq), newest_item)]
         return self._entries
+
+    def pushed(self, entry: Entry, limit: int) -> PackedBucket:
+        """This bucket with ``entry`` (newer than its newest) as the newest, keeping the ``limit``
+        newest entries: the bytes ``encode_state`` writes for that list, without decoding entries."""
+        (ts, seq), item = entry
+        newest_ts, newest_seq, newest_item = self.newest
+        if (ts, seq) <= (newest_ts, newest_seq):
+            raise ValueError(f"entry {entry} is not newer than the bucket's newest {self.newest}")
+        older_gaps, older_items = self._older()
+        gaps, items = [*older_gaps, ts - newest_ts], [*older_items, newest_item]
+        drop = len(items) - (limit - 1)  # the oldest entries past the limit
+        if drop > 0:
+            del gaps[:drop], items[:drop]
+        (cat,) = _CATEGORY.unpack_from(self.raw)
+        return PackedBucket(
+            _BUCKET_HEAD.pack(cat, len(items) + 1, ts, seq, item) + packed_ints.pack(gaps + items),
+            len(items) + 1,
+            (ts, seq, item),
+        )
 
     def __len__(self) -> int:
         return self.n

@@ -157,9 +157,10 @@ def test_buckets_no_event_touched_are_written_back_as_read() -> None:
     back = decode_state(blob)
     assert all(isinstance(b, PackedBucket) for b in back.buckets.values())
     assert encode_state(back) == blob
+    read = dict(back.buckets)
     rule = UserState(1, 2, recent=back.recent, buckets=back.buckets)
     assert rule.append(Event(31, 9, 6, 1), lambda item: (5,)) == {5}  # item 4 leaves the window
-    assert [type(b) for b in back.buckets.values()] == [PackedBucket, list, PackedBucket]
+    assert [b is read[c] for c, b in back.buckets.items()] == [True, False, True]
     back.recent, back.next_seq = rule.recent, 10
     again = decode_state(encode_state(back))
     assert again.buckets == {
@@ -227,3 +228,29 @@ def test_memory_and_history_bytes() -> None:
 def test_unreadable_values_are_refused_not_misread(decode, blob) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CorruptValue):
         decode(blob)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2**31), st.integers(1, 2**32 - 1)), min_size=1, max_size=12),
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 2**32 - 1),
+    st.integers(1, 12),
+)
+def test_a_stored_bucket_takes_a_newer_event_as_the_list_path_does(  # type: ignore[no-untyped-def]
+    entries, later, item, limit
+) -> None:
+    """The rule appends an event newer than a whole stored bucket without decoding it
+    (PackedBucket.pushed); the state written must be byte for byte the one the list path writes."""
+    bucket = [((ts, i), it) for i, (ts, it) in enumerate(sorted(entries))][-limit:]
+    newest_ts = bucket[-1][0][0]
+    event = Event(newest_ts + later, 2**31, item, 1)  # the last seq given out: newer than the bucket
+    def state(buckets):  # type: ignore[no-untyped-def]
+        return State(KIND_BUCKETS, 1, limit, 2**31 + 1, 0, 0, [], buckets)
+
+    states = []
+    for stored in (decode_state(encode_state(state({9: bucket}))).buckets[9], list(bucket)):
+        rule = UserState(1, limit, buckets={9: stored})
+        assert rule.add_to_history(event, lambda _: (9,)) == {9}
+        states.append(encode_state(state(rule.buckets)))
+    assert isinstance(decode_state(states[0]).buckets[9], PackedBucket)
+    assert states[0] == states[1]
