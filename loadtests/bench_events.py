@@ -1,8 +1,8 @@
 """The store's side of /events, without HTTP: batches of events for random users through
 ``Store.append`` as it is (each round's compare-and-set scripts in one MULTI/EXEC on a single node,
-chunks of 32 users, two in flight, hiredis packing commands and parsing replies), with redis-py's
-pure-Python command packer (the client before service.redis_client packed with hiredis), and with
-neither hiredis part (what runs without the hiredis package), side by side in one run.
+chunks of 32 users, two in flight, replies parsed by hiredis), as it was (one script at a time,
+chunks of 64 users one after the other), and as it is with redis-py's pure-Python reply parser
+(what runs without the hiredis package), side by side in one run.
 
     python -m loadtests.bench_events
 
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from redis._parsers import _AsyncRESP3Parser
-from redis.asyncio.connection import Connection
 
 from causerec.backfill import backfill
 from causerec.machine import machine
@@ -40,16 +39,28 @@ from service.store import Store
 from service.user_state import NewEvent
 
 
+class PreviousAppend(Store):
+    """The append path before MULTI/EXEC rounds and chunks in flight together."""
+
+    append_chunk, append_lanes = 64, 1
+
+    def _writes(self) -> Any:
+        return self.redis.pipeline(transaction=False)
+
+
 async def measure(
     url: str, bundle: Path, users: int, batch: int, batches: int, repeats: int
 ) -> dict[str, Any]:
-    # The pool opens its connections on first use, with these classes: the clients differ in them only.
-    client, python_packer, no_hiredis = connect(url), connect(url), connect(url)
-    python_packer.connection_pool.connection_class = Connection
-    no_hiredis.connection_pool.connection_class = Connection
-    no_hiredis.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP3Parser
-    clients = {"store": client, "python packer": python_packer, "no hiredis": no_hiredis}
-    variants = {name: Store(c, prefix="ev") for name, c in clients.items()}
+    client = connect(url)
+    # The same client with the pure-Python parser redis-py (>= 5) uses without hiredis: the pool
+    # opens its connections on first use, with these arguments.
+    python_parser = connect(url)
+    python_parser.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP3Parser
+    variants = {
+        "store": Store(client, prefix="ev"),
+        "previous": PreviousAppend(client, prefix="ev"),
+        "python parser": Store(python_parser, prefix="ev"),
+    }
     model = await load_model(bundle, client, "ev", device="cpu")
     ids, rng, now = model.view.ids, random.Random(0), time.time()
     n_items = len(model.bundle.catalog.items)
@@ -80,8 +91,8 @@ async def measure(
                 spent[name] += time.perf_counter() - started
         for name, seconds in spent.items():
             rates[name].append(batches * batch / seconds)
-    for c in clients.values():
-        await c.aclose()
+    await client.aclose()
+    await python_parser.aclose()
     current = statistics.median(rates["store"])
     out = {
         name: {
