@@ -11,7 +11,9 @@ Same population and CAUSE bundle as the load test's small preset (1,000 users x 
 redis-server with AOF ``appendfsync always`` (as ``causerec serve`` runs it). Each pass appends one
 batch with each variant, in rotating order, so all see the same machine; the report gives
 events/s per variant (median and range over ``--repeats`` blocks of ``--batches`` passes) and
-each one's ratio to the current path. Writes loadtests/results/bench_events.json.
+each one's ratio to the current path, and the append's Python work per user by stage, without Redis
+(``cpu_us_per_user``: best of 7 timings; these hold across runs where events/s do not). Writes
+loadtests/results/bench_events.json.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import random
 import statistics
 import tempfile
 import time
+import timeit
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from redis._parsers import _AsyncRESP3Parser
+from redis.asyncio import Redis
 
 from causerec.backfill import backfill
 from causerec.machine import machine
@@ -36,7 +41,8 @@ from service.redis_client import connect
 from service.redis_server import EmbeddedRedis
 from service.runtime import load_model
 from service.store import Store
-from service.user_state import NewEvent
+from service.store_codec import State, Tokens, decode_state, decode_tokens, encode_state, encode_tokens
+from service.user_state import Appended, ModelView, NewEvent, apply_events, build_tokens, fresh, token_job
 
 
 class PreviousAppend(Store):
@@ -77,6 +83,7 @@ async def measure(
             for _ in range(batch)
         ]
 
+    stage_us = await stages(client, variants["store"], model.view, events())
     for store in variants.values():  # warm every path
         await store.append(model.view, events(), now)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -102,7 +109,55 @@ async def measure(
         }
         for name, r in rates.items()
     }
-    return {"variants": out}
+    return {"cpu_us_per_user": stage_us, "variants": out}
+
+
+async def stages(client: Redis, store: Store, view: ModelView, batch: list[NewEvent]) -> dict[str, float]:
+    """The append's Python work per user, stage by stage, without Redis: one event for each user of
+    ``batch`` (their states and tokens read once), the best of 7 timings of each stage over all."""
+    users = list(dict.fromkeys(e.user_id for e in batch))
+    one = {e.user_id: e for e in batch}
+    pipe = client.pipeline(transaction=False)
+    for u in users:
+        pipe.get(store.keys(u).state)
+        pipe.get(store.keys(u).tokens(view.version))
+    blobs = await pipe.execute()
+    states, tokens = blobs[0::2], [decode_tokens(b) for b in blobs[1::2]]
+
+    def decode() -> list[State]:
+        return [decode_state(b) for b in states]
+
+    def apply() -> list[Appended]:
+        return [
+            apply_events(st, [one[u]], [None], 0.0, view, None) for u, st in zip(users, decode(), strict=True)
+        ]
+
+    done = apply()
+    # Tokens fresh before the event: only its touched buckets are recomputed, as Store._compute does.
+    kept = [t if fresh(t, view, st) else None for t, st in zip(tokens, decode(), strict=True)]
+
+    def rebuild() -> list[Tokens]:
+        jobs = [token_job(d.state, t, d.touched, view) for d, t in zip(done, kept, strict=True)]
+        return build_tokens(view, jobs)
+
+    built = rebuild()
+
+    def encode() -> None:
+        for d, t in zip(done, built, strict=True):
+            encode_state(d.state), encode_tokens(t)
+
+    def best(fn: Callable[[], object]) -> float:
+        return min(timeit.repeat(fn, number=1, repeat=7)) / len(users) * 1e6
+
+    decode_us = best(decode)
+    row = {
+        "decode state": decode_us,
+        "apply rule": best(apply) - decode_us,  # apply() decodes again: only the rule's share
+        "tokens": best(rebuild),
+        "encode": best(encode),
+    }
+    row["total"] = sum(row.values())
+    return {k: round(v, 1) for k, v in row.items()}
 
 
 def main() -> None:
