@@ -168,10 +168,7 @@ class UserState:
         # user's buckets, and plain tuples sort several times faster than a key function.
         order = self.order or int
         live = [
-            (-ts, -seq, order(cat), cat)
-            for cat, b in self.buckets.items()
-            if b
-            for (ts, seq), _ in (b[-1],)
+            (-ts, -seq, order(cat), cat) for cat, b in self.buckets.items() if b for (ts, seq), _ in (b[-1],)
         ]
         live.sort()
         return [row[3] for row in live]

@@ -244,6 +244,7 @@ def test_a_stored_bucket_takes_a_newer_event_as_the_list_path_does(  # type: ign
     bucket = [((ts, i), it) for i, (ts, it) in enumerate(sorted(entries))][-limit:]
     newest_ts = bucket[-1][0][0]
     event = Event(newest_ts + later, 2**31, item, 1)  # the last seq given out: newer than the bucket
+
     def state(buckets):  # type: ignore[no-untyped-def]
         return State(KIND_BUCKETS, 1, limit, 2**31 + 1, 0, 0, [], buckets)
 
