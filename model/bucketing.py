@@ -65,10 +65,13 @@ lower value ranks first. Training ranks by the catalogue's category id; the stor
 own stable ids, passes the served bundle's numbering so both rank alike."""
 
 
-def _rank(newest: tuple[int, int], category: int, order: CategoryOrder | None = None) -> tuple[int, int, int]:
-    """Sort key of a bucket: most recently active first, ties by category (or ``order``)."""
-    ts, seq = newest
-    return (-ts, -seq, category if order is None else order(category))
+def _ranked(newest: Iterable[tuple[tuple[int, int], int]], order: CategoryOrder | None = None) -> list[int]:
+    """Categories of (newest key, category) pairs, most recently active first, ties by category (or
+    ``order``). Plain tuples, no key function: the store ranks all of a user's buckets per event."""
+    by = order or int
+    keyed = [(-ts, -seq, by(cat), cat) for (ts, seq), cat in newest]
+    keyed.sort()
+    return [row[3] for row in keyed]
 
 
 def bucket_categories(item: int, categories_of: CategoriesOf) -> Sequence[int]:
@@ -95,8 +98,8 @@ def bucketize(
     for cat, events in grouped.items():
         newest = sorted(events, key=lambda e: e.key, reverse=True)[:bucket_size]
         buckets.append(Bucket(cat, tuple(e.item for e in newest), tuple(e.key for e in newest)))
-    buckets.sort(key=lambda b: _rank(b.newest, b.category))
-    return buckets[:num_buckets]
+    by_category = {b.category: b for b in buckets}
+    return [by_category[c] for c in _ranked((b.newest, b.category) for b in buckets)[:num_buckets]]
 
 
 @dataclass
@@ -164,14 +167,7 @@ class UserState:
 
     def ranked_categories(self) -> list[int]:
         """Every non-empty bucket's category, most recently active first."""
-        # _rank's order, spelled out: this runs for every event the store appends, over all of the
-        # user's buckets, and plain tuples sort several times faster than a key function.
-        order = self.order or int
-        live = [
-            (-ts, -seq, order(cat), cat) for cat, b in self.buckets.items() if b for (ts, seq), _ in (b[-1],)
-        ]
-        live.sort()
-        return [row[3] for row in live]
+        return _ranked(((b[-1][0], cat) for cat, b in self.buckets.items() if b), self.order)
 
     def top(self, num_buckets: int) -> list[Bucket]:
         """The history buckets, exactly as ``bucketize`` gives them for the same events."""

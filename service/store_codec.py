@@ -52,7 +52,6 @@ _STATE_HEAD = struct.Struct(
 )  # format, kind, L, G, n recent, n buckets, next seq, history seq, history len
 _BASE_TS = struct.Struct("<I")  # the recent window's oldest ts
 _BUCKET_HEAD = struct.Struct("<IHIII")  # category, n items, newest (ts, seq, item)
-_CATEGORY = struct.Struct("<I")  # a bucket head's first field
 _BUCKET_HEAD_V2 = struct.Struct("<IIH")  # format 2: category, newest seq, n items
 _BUCKET_ROW = struct.Struct("<II")  # format 2: ts, item
 _TOK_HEAD = struct.Struct("<B16sIHH")  # format, model version, history seq, n tokens, D
@@ -201,11 +200,9 @@ class PackedBucket(Sequence[Entry]):
         drop = len(items) - (limit - 1)  # the oldest entries past the limit
         if drop > 0:
             del gaps[:drop], items[:drop]
-        (cat,) = _CATEGORY.unpack_from(self.raw)
+        cat = _BUCKET_HEAD.unpack_from(self.raw)[0]
         return PackedBucket(
-            _BUCKET_HEAD.pack(cat, len(items) + 1, ts, seq, item) + packed_ints.pack(gaps + items),
-            len(items) + 1,
-            (ts, seq, item),
+            _bucket_bytes(cat, len(items) + 1, entry, gaps + items), len(items) + 1, (ts, seq, item)
         )
 
     def __len__(self) -> int:
@@ -263,12 +260,17 @@ def _gaps(ts: Sequence[int]) -> list[int]:
     return gaps
 
 
+def _bucket_bytes(cat: int, n: int, newest: Entry, older: list[int]) -> bytes:
+    """A bucket as stored: its head, then the older entries' gaps and items (``older``)."""
+    (ts, seq), item = newest
+    return _BUCKET_HEAD.pack(cat, n, ts, seq, item) + packed_ints.pack(older)
+
+
 def _pack_bucket(cat: int, entries: Sequence[Entry]) -> bytes:
     if type(entries) is PackedBucket:  # untouched since it was read: its bytes as they are
         return entries.raw
-    (ts, seq), item = entries[-1]
-    block = packed_ints.pack(_gaps([t for (t, _), _ in entries]) + [i for _, i in entries[:-1]])
-    return _BUCKET_HEAD.pack(cat, len(entries), ts, seq, item) + block
+    older = _gaps([t for (t, _), _ in entries]) + [i for _, i in entries[:-1]]
+    return _bucket_bytes(cat, len(entries), entries[-1], older)
 
 
 def _pack_recent(events: Sequence[Event], next_seq: int) -> bytes:
@@ -341,12 +343,12 @@ def decode_state(blob: bytes) -> State:
         recent = _unpack_recent(blob, off, n_recent, next_seq)
         off += size
         buckets: dict[int, Sequence[Entry]] = {}
-        head, unpack_head, block_size = _BUCKET_HEAD.size, _BUCKET_HEAD.unpack_from, packed_ints.size
         for _ in range(n_buckets):
-            cat, n, ts, seq, item = unpack_head(blob, off)
+            cat, n, ts, seq, item = _BUCKET_HEAD.unpack_from(blob, off)
+            block = off + _BUCKET_HEAD.size
             if not n:
-                raise ValueError(f"an empty bucket at byte {off + head}")
-            end = off + head + block_size(blob, off + head, 2 * n - 2)
+                raise ValueError(f"an empty bucket at byte {block}")
+            end = block + packed_ints.size(blob, block, 2 * (n - 1))
             buckets[cat] = PackedBucket(blob[off:end], n, (ts, seq, item))
             off = end
     except (struct.error, ValueError) as exc:
