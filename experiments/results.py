@@ -64,18 +64,24 @@ def variant(name: str, model: dict[str, Any], train: dict[str, Any] | None = Non
     return Row(name, model, train or {}, views=("positives",), seeds=ONE, kmeans=kmeans)
 
 
-def no_user_token(name: str, views: tuple[str, ...], seeds: tuple[int, ...]) -> Row:
-    """The main row ``name`` with one user token shared by every user (--user-hash-buckets 1)."""
-    row = next(r for r in ROWS if r.name == name)
-    return Row(f"{name}, no user token", {**row.model, "user_hash_buckets": 1}, row.train, views, seeds)
-
-
-def smaller_steps(name: str, targets: int) -> Row:
-    """The main row ``name`` with ``targets`` targets per optimiser step (--batch-targets), seed 0."""
+def changed(
+    name: str,
+    label: str,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    views: tuple[str, ...] = tuple(VIEWS),
+    seeds: tuple[int, ...] = SEEDS,
+) -> Row:
+    """The main row ``name`` with its model and train flags overridden, named "<name>, <label>"."""
     row = next(r for r in ROWS if r.name == name)
     return Row(
-        f"{name}, {targets} targets per step", row.model, {**row.train, "batch_targets": targets}, seeds=ONE
+        f"{name}, {label}", {**row.model, **(model or {})}, {**row.train, **(train or {})}, views, seeds
     )
+
+
+def no_user_token(name: str, views: tuple[str, ...], seeds: tuple[int, ...]) -> Row:
+    """The main row ``name`` with one user token shared by every user (--user-hash-buckets 1)."""
+    return changed(name, "no user token", {"user_hash_buckets": 1}, views=views, seeds=seeds)
 
 
 VARIANTS = [
@@ -113,11 +119,13 @@ VARIANTS = [
     no_user_token("HSTU L=64", ("positives",), ONE),
     # The step budget (findings.md): SASRec peaks early, HSTU and CAUSE near the end of the 1,300
     # steps; a quarter of the targets per step gives each run 4x the steps over the same epochs.
-    smaller_steps("SASRec L=16", 512),
-    smaller_steps("HSTU L=16", 512),
+    *(
+        changed(n, "512 targets per step", train={"batch_targets": 512}, seeds=ONE)
+        for n in ("SASRec L=16", "HSTU L=16")
+    ),
     # One token per event (item_t + action_{t-1}, model/layouts.py) instead of the interleaved pair:
     # the state that predicts the next item then holds the newest item itself, as SASRec's does.
-    Row("HSTU L=16, stacked tokens", {"mode": "hstu", "recent_len": 16, "token_layout": "stacked"}),
+    changed("HSTU L=16", "stacked tokens", {"token_layout": "stacked"}),
 ]
 ALL_ROWS = {r.name: r for r in ROWS + VARIANTS}
 
