@@ -63,7 +63,7 @@ bench-store: install
 	$(BIN)/python -m loadtests.store_bench
 	$(BIN)/python -m loadtests.store_bench --compressor memory
 
-## The store's /events path without HTTP: as it is, as it was, and without hiredis (writes loadtests/results/bench_events.json).
+## The store's /events path without HTTP: as it is, and with a fold after every append (writes loadtests/results/bench_events.json).
 bench-events: install
 	$(BIN)/python -m loadtests.bench_events
 

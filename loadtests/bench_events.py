@@ -1,19 +1,22 @@
 """The store's side of /events, without HTTP: batches of events for random users through
-``Store.append`` as it is (each round's compare-and-set scripts in one MULTI/EXEC on a single node,
-chunks of 32 users, two in flight, replies parsed by hiredis), as it was (one script at a time,
-chunks of 64 users one after the other), and as it is with redis-py's pure-Python reply parser
-(what runs without the hiredis package), side by side in one run.
+``Store.append`` as it is (each user's accepted events appended to their log, folded into the state
+once the log holds ``fold_after`` = 16 events) and with a fold after every append (``fold_after`` =
+1: every event read, decoded, applied and written back at once, what an append cost before the log),
+side by side in one run, each on its own copy of the users. The first starts from the steady state
+of a long run: every user's log holds a uniformly random 0 to 15 events, so appends fold users at
+the rate they would forever after.
 
     python -m loadtests.bench_events
 
 Same population and CAUSE bundle as the load test's small preset (1,000 users x 2,048 events,
 100,000 items, L=64, V=8, G=32, untrained), loaded through the append path into an embedded
 redis-server with AOF ``appendfsync always`` (as ``causerec serve`` runs it). Each pass appends one
-batch with each variant, in rotating order, so all see the same machine; the report gives
-events/s per variant (median and range over ``--repeats`` blocks of ``--batches`` passes) and
-each one's ratio to the current path, and the append's Python work per user by stage, without Redis
-(``cpu_us_per_user``: best of 7 timings; these hold across runs where events/s do not). Writes
-loadtests/results/bench_events.json.
+batch with each variant, in rotating order, so both see the same machine; the report gives, per
+variant, events/s (median and range over ``--repeats`` blocks of ``--batches`` passes), the ratio to
+the current path, and the CPU seconds per event of this process (all threads) and of the
+redis-server process, which hold across runs where events/s, on a shared 2-core VM, do not. It also
+gives a fold's Python work per user by stage, without Redis (``fold_cpu_us_per_user``: one event
+folded into each user's state; best of 7 timings). Writes loadtests/results/bench_events.json.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from redis._parsers import _AsyncRESP3Parser
+import numpy as np
 from redis.asyncio import Redis
 
 from causerec.backfill import backfill
@@ -44,79 +48,87 @@ from service.store import Store
 from service.store_codec import State, Tokens, decode_state, decode_tokens, encode_state, encode_tokens
 from service.user_state import Appended, ModelView, NewEvent, apply_events, build_tokens, fresh, token_job
 
+PREFIXES = ("ev", "ev1")  # one copy of the users per variant
 
-class PreviousAppend(Store):
-    """The append path before MULTI/EXEC rounds and chunks in flight together."""
 
-    append_chunk, append_lanes = 64, 1
-
-    def _writes(self) -> Any:
-        return self.redis.pipeline(transaction=False)
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(
-    url: str, bundle: Path, users: int, batch: int, batches: int, repeats: int
+    url: str, redis_pid: int, bundle: Path, users: int, batch: int, batches: int, repeats: int
 ) -> dict[str, Any]:
     client = connect(url)
-    # The same client with the pure-Python parser redis-py (>= 5) uses without hiredis: the pool
-    # opens its connections on first use, with these arguments.
-    python_parser = connect(url)
-    python_parser.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP3Parser
     variants = {
-        "store": Store(client, prefix="ev"),
-        "previous": PreviousAppend(client, prefix="ev"),
-        "python parser": Store(python_parser, prefix="ev"),
+        "store": Store(client, prefix=PREFIXES[0]),
+        "fold every append": Store(client, prefix=PREFIXES[1], fold_after=1),
     }
-    model = await load_model(bundle, client, "ev", device="cpu")
+    models = {name: await load_model(bundle, client, s.prefix, device="cpu") for name, s in variants.items()}
+    views = {name: m.view for name, m in models.items()}
+    model = models["store"]
+    # Each copy has its own store ids; both were loaded alike, so the same events mean the same.
+    assert all(np.array_equal(v.ids.items.to_store, model.view.ids.items.to_store) for v in views.values())
     ids, rng, now = model.view.ids, random.Random(0), time.time()
     n_items = len(model.bundle.catalog.items)
 
-    def events() -> list[NewEvent]:
-        return [
-            NewEvent(
-                f"u{rng.randrange(users) + 1}",
-                int(ids.items.to_store[rng.randrange(1, n_items + 1)]),
-                int(ids.actions.to_store[1]),
-                int(now),
-                f"e{rng.getrandbits(64)}",
-            )
-            for _ in range(batch)
-        ]
+    def event(user: str) -> NewEvent:
+        return NewEvent(
+            user,
+            int(ids.items.to_store[rng.randrange(1, n_items + 1)]),
+            int(ids.actions.to_store[1]),
+            int(now),
+            f"e{rng.getrandbits(64)}",
+        )
 
-    stage_us = await stages(client, variants["store"], model.view, events())
-    for store in variants.values():  # warm every path
-        await store.append(model.view, events(), now)
+    def events() -> list[NewEvent]:
+        return [event(f"u{rng.randrange(users)}") for _ in range(batch)]  # the population's u0 ..
+
+    logged = variants["store"]  # in the steady state
+    steady = [event(f"u{u}") for u in range(users) for _ in range(rng.randrange(logged.fold_after))]
+    await logged.append(views["store"], steady, now)
+    stage_us = await stages(client, variants["fold every append"], views["fold every append"], events())
+    for name, store in variants.items():  # warm every path
+        await store.append(views[name], events(), now)
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    cpu = {name: {"process": 0.0, "redis": 0.0} for name in variants}
     for _ in range(repeats):
         spent = dict.fromkeys(variants, 0.0)
         for i in range(batches):
             order = list(variants)[i % len(variants) :] + list(variants)[: i % len(variants)]
             for name in order:
                 todo = events()
+                process, redis = time.process_time(), process_cpu_s(redis_pid)
                 started = time.perf_counter()
-                await variants[name].append(model.view, todo, now)
+                await variants[name].append(views[name], todo, now)
                 spent[name] += time.perf_counter() - started
+                cpu[name]["process"] += time.process_time() - process
+                cpu[name]["redis"] += process_cpu_s(redis_pid) - redis
         for name, seconds in spent.items():
             rates[name].append(batches * batch / seconds)
     await client.aclose()
-    await python_parser.aclose()
     current = statistics.median(rates["store"])
+    appended = repeats * batches * batch
     out = {
         name: {
             "events_per_s": round(statistics.median(r)),
             "range": [round(min(r)), round(max(r))],
             "vs_store": round(statistics.median(r) / current, 2),
+            "cpu_us_per_event": {k: round(v / appended * 1e6, 1) for k, v in cpu[name].items()},
         }
         for name, r in rates.items()
     }
-    return {"cpu_us_per_user": stage_us, "variants": out}
+    return {"fold_cpu_us_per_user": stage_us, "variants": out}
 
 
 async def stages(client: Redis, store: Store, view: ModelView, batch: list[NewEvent]) -> dict[str, float]:
-    """The append's Python work per user, stage by stage, without Redis: one event for each user of
-    ``batch`` (their states and tokens read once), the best of 7 timings of each stage over all."""
+    """A fold's Python work per user, stage by stage, without Redis: one event folded into the state
+    of each user of ``batch`` (their states and tokens read once), the best of 7 timings of each
+    stage over all."""
     users = list(dict.fromkeys(e.user_id for e in batch))
-    one = {e.user_id: e for e in batch}
+    one = {e.user_id: [(e.ts, e.item, e.action)] for e in batch}
+    await store.fold(view, users)
     pipe = client.pipeline(transaction=False)
     for u in users:
         pipe.get(store.keys(u).state)
@@ -128,12 +140,10 @@ async def stages(client: Redis, store: Store, view: ModelView, batch: list[NewEv
         return [decode_state(b) for b in states]
 
     def apply() -> list[Appended]:
-        return [
-            apply_events(st, [one[u]], [None], 0.0, view, None) for u, st in zip(users, decode(), strict=True)
-        ]
+        return [apply_events(st, one[u], view, None) for u, st in zip(users, decode(), strict=True)]
 
     done = apply()
-    # Tokens fresh before the event: only its touched buckets are recomputed, as Store._compute does.
+    # Tokens fresh before the event: only its touched buckets are recomputed, as a fold does.
     kept = [t if fresh(t, view, st) else None for t, st in zip(tokens, decode(), strict=True)]
 
     def rebuild() -> list[Tokens]:
@@ -175,9 +185,19 @@ def main() -> None:
         tmp = Path(tmp_name)
         export_bundle(untrained_run(data, tmp / "cause", **CAUSE_MODEL), tmp / "bundle")
         with EmbeddedRedis(tmp / "redis", appendfsync="always") as redis:
-            asyncio.run(backfill(tmp / "bundle", data, redis.url, "ev", progress=False))
+            assert redis.process is not None
+            for prefix in PREFIXES:
+                asyncio.run(backfill(tmp / "bundle", data, redis.url, prefix, progress=False))
             measured = asyncio.run(
-                measure(redis.url, tmp / "bundle", preset.users, args.batch, args.batches, args.repeats)
+                measure(
+                    redis.url,
+                    redis.process.pid,
+                    tmp / "bundle",
+                    preset.users,
+                    args.batch,
+                    args.batches,
+                    args.repeats,
+                )
             )
     result = {
         "command": f"python -m loadtests.bench_events --batch {args.batch} --batches {args.batches} "

@@ -6,7 +6,7 @@ For each history length (256, 512, 1,024, 2,048 events) and batch size (1, 32, 2
 model call, encoder + scorer (the backbone, then every item of the catalogue scored and top-k inside
 the graph), in ONNX Runtime and of the same modules in PyTorch eager, on random weights (latency
 does not depend on them); the scorer alone (what a cached query state costs); and, for CAUSE, the
-store's CPU work per appended event at that history length (decode the state, apply the rule,
+store's CPU work to fold one logged event at that history length (decode the state, apply the rule,
 recompute the touched bucket's token, encode; no Redis round trip). CAUSE's input does not grow
 with the history (1 + 8 + 2 x 64 = 137 tokens); HSTU-full's does (1 + 2 x n). Configurations whose
 attention scores alone would exceed ``--max-attention-gb`` are recorded as skipped with the memory
@@ -204,13 +204,14 @@ def bench(
 
 
 def bench_store_event(history: int, num_items: int) -> dict[str, Any]:
-    """CAUSE: the store's CPU work for one appended event of a user with ``history`` events (decode
-    the state, apply the rule, recompute the touched bucket's token with the history graph, encode
-    the state and tokens), with the bundle's own code; Redis round trips are not included."""
+    """CAUSE: the store's CPU work to fold one logged event into the state of a user with ``history``
+    events (decode the state, apply the rule, recompute the touched bucket's token with the history
+    graph, encode the state and tokens), with the bundle's own code; Redis round trips are not
+    included. A fold of k logged events decodes and encodes once for all k."""
     from export.graphs import export_history_graph
     from service.ids import StoreIds, _numbering
     from service.store_codec import KIND_BUCKETS, State, decode_state, encode_state, encode_tokens
-    from service.user_state import ModelView, NewEvent, apply_events, build_tokens, token_job
+    from service.user_state import ModelView, apply_events, build_tokens, token_job
 
     model = make_model("cause", 64, num_items)
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,22 +231,22 @@ def bench_store_event(history: int, num_items: int) -> dict[str, Any]:
         lambda items, c: graph.run(None, {"bucket_items": items, "bucket_cats": c})[0],
     )
     rng = np.random.default_rng(0)
-    events = [NewEvent("u", int(i), 1, t) for t, i in enumerate(rng.integers(1, num_items + 1, history))]
-    state = apply_events(State(KIND_BUCKETS, 64, 32), events, [], 0.0, view, 16).state
+    events = [(t, int(i), 1) for t, i in enumerate(rng.integers(1, num_items + 1, history))]
+    state = apply_events(State(KIND_BUCKETS, 64, 32), events, view, 16).state
     blob = encode_state(state)
     old = build_tokens(view, [token_job(state, None, set(), view)])[0]
-    one = [NewEvent("u", 7, 1, history + 1)]
+    one = [(history + 1, 7, 1)]
 
     def append_one() -> None:
         before = decode_state(blob)
-        after = apply_events(before, one, [], 0.0, view, 16)
+        after = apply_events(before, one, view, 16)
         tokens = build_tokens(view, [token_job(after.state, old, after.touched, view)])  # touched only
         encode_state(after.state), encode_tokens(tokens[0])
 
     return {
         "mode": "cause",
         "history_events": history,
-        "what": "store CPU per appended event",
+        "what": "store CPU per folded event, one per fold",
         **timing(append_one),
     }
 

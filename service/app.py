@@ -81,6 +81,7 @@ def make_store(redis: Redis, settings: Settings) -> Store:
         max_buckets=settings.max_categories,
         max_history=settings.max_history,
         timeout_s=settings.redis_timeout_s,
+        fold_after=settings.fold_after_events,
     )
 
 

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         "the user touched, exact; a bound saves memory but changes some users' history tokens: "
         "docs/STORE.md)",
     )
+    fold_after_events: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="/events appends accepted events to the user's log; the log is folded into the "
+        "state (buckets, tokens) by the next read of the user, or by the append that brings it to this "
+        "many events. Larger: cheaper events, more for a read to fold (docs/STORE.md)",
+    )
     max_history: int | None = Field(
         4096, ge=1, description="memory compressor: raw history events kept per user for refolds (null: all)"
     )

@@ -90,7 +90,7 @@ class _StoreCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         c = self.counters()
         yield CounterMetricFamily(
-            "causerec_store_conflicts", "appends retried after a concurrent write", c.conflicts
+            "causerec_store_conflicts", "folds retried after a concurrent fold", c.conflicts
         )
         yield CounterMetricFamily(
             "causerec_store_token_builds", "users whose history tokens a read had to build", c.token_builds

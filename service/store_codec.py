@@ -5,6 +5,7 @@ and one Lua script can update them together. Ids outside a safe character set (o
 replaced by a hash, so a ``}`` in a user id can never move the tag.
 
     <prefix>:v2:{u:<id>}:state          string  the truth: recent window + raw buckets
+    <prefix>:v2:{u:<id>}:log            string  the truth too: accepted events not yet in the state
     <prefix>:v2:{u:<id>}:hist           string  memory compressor: raw history, key order
     <prefix>:v2:{u:<id>}:dedup          zset    event id -> expiry time (idempotency window)
     <prefix>:v2:{u:<id>}:tok:<version>  string  history tokens of one model version (derived)
@@ -85,6 +86,10 @@ class UserKeys:
         return f"{self.base}:state"
 
     @property
+    def log(self) -> str:
+        return f"{self.base}:log"
+
+    @property
     def history(self) -> str:
         return f"{self.base}:hist"
 
@@ -146,11 +151,37 @@ def decode_events(blob: bytes, offset: int = 0, count: int = -1) -> list[Event]:
     return list(map(_new_event, _EVENT_ROW.iter_unpack(blob[offset:end])))
 
 
+# ---- the event log: accepted events not yet folded into the state -------------------------------
+LOG_EVENT = struct.Struct("<IIH")  # ts, item, action (store ids): 10 bytes
+Logged = tuple[int, int, int]
+"""An accepted event as the log keeps it: (ts, item, action) in store ids. Its seq is given when it
+is folded: the state's next seq plus its place in the log, i.e. arrival order."""
+
+
+def encode_log_records(events: Sequence[Logged]) -> bytes:
+    """Records to append to a log (the key's first byte, FORMAT, is written with its first record)."""
+    return b"".join(LOG_EVENT.pack(*e) for e in events)
+
+
+def decode_log(blob: bytes) -> list[Logged]:
+    """Every record of a log value, oldest first."""
+    if not blob or blob[0] != FORMAT or (len(blob) - 1) % LOG_EVENT.size:
+        raise CorruptValue(f"event log: format {blob[:1].hex() or 'empty'}, {len(blob)} bytes")
+    return list(LOG_EVENT.iter_unpack(memoryview(blob)[1:]))
+
+
 # ---- the state: recent window + raw buckets -----------------------------------------------------
 STATE_FORMAT = 3
 """The state's first byte. Format 3 keeps ids, time gaps and seq distances as two-byte
 service.packed_ints; format 2, fixed-width records, is still read, and a user's state is rewritten
 as format 3 at its next event."""
+READABLE_STATE_FORMATS = bytes([STATE_FORMAT, FORMAT])
+
+
+def state_layout(kind: int, recent_len: int, bucket_size: int) -> bytes:
+    """Bytes 1-5 of a state's header (kind, L, G): the log's append script refuses events for a
+    user whose stored state has another layout, without reading the rest of it."""
+    return struct.pack("<BHH", kind, recent_len, bucket_size)
 
 
 class PackedBucket(Sequence[Entry]):

@@ -7,7 +7,7 @@ ranking inputs are converted to the served bundle's internal ids at that boundar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,16 @@ import numpy as np
 from model.bucketing import CategoriesOf, CategoryOrder, Event, UserState
 from service.ids import StoreIds
 from service.memory_store import MemoryView
-from service.store_codec import KIND_BUCKETS, KIND_MEMORY, MemoryRecord, State, Tokens, bucket_items
+from service.store_codec import (
+    KIND_BUCKETS,
+    KIND_MEMORY,
+    Logged,
+    MemoryRecord,
+    State,
+    Tokens,
+    bucket_items,
+    state_layout,
+)
 
 TokenFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -39,6 +48,11 @@ class ModelView:
     def kind(self) -> int:
         return KIND_MEMORY if self.memory is not None else KIND_BUCKETS
 
+    @property
+    def layout(self) -> bytes:
+        """The header bytes of the states this model reads (store_codec.state_layout)."""
+        return state_layout(self.kind, self.recent_len, self.bucket_size)
+
 
 @dataclass(frozen=True)
 class NewEvent:
@@ -51,11 +65,9 @@ class NewEvent:
 
 @dataclass
 class Appended:
-    """One user's append, computed: the new state and what changed."""
+    """One user's fold, computed: the new state and what changed."""
 
     state: State
-    accepted: list[NewEvent] = field(default_factory=list)
-    duplicates: int = 0
     evicted: list[Event] = field(default_factory=list)  # events that joined the history, in order
     touched: set[int] = field(default_factory=set)  # categories whose bucket content changed
 
@@ -82,18 +94,11 @@ def fresh(record: Tokens | MemoryRecord | None, model: ModelView, state: State) 
 
 
 def apply_events(
-    state: State | None,
-    events: list[NewEvent],
-    dedup_expiry: list[float | None],
-    now: float,
-    model: ModelView,
-    max_buckets: int | None,
+    state: State | None, events: Sequence[Logged], model: ModelView, max_buckets: int | None
 ) -> Appended:
-    """Apply ``events`` in order with the shared rule (model.bucketing, incremental form).
-
-    ``dedup_expiry`` holds, for each event with an event_id (in order), when that id was last
-    accepted expires (None: never seen); an id seen and unexpired, or repeated in the batch, is a
-    duplicate. Events leave the recent window in key order; for a bucket state they join their
+    """Fold accepted ``events`` (the log's, oldest first) into ``state`` with the shared rule
+    (model.bucketing, incremental form). Each gets the next seq in log order, so ties in time keep
+    arrival order. Events leave the recent window in key order; for a bucket state they join their
     buckets (at most ``max_buckets`` kept), for a memory state they are appended to the history."""
     state = state or empty_state(model)
     rule = UserState(
@@ -105,23 +110,14 @@ def apply_events(
         state.buckets,
     )
     out = Appended(state)
-    seen: set[str] = set()
-    expiry = iter(dedup_expiry)
-    for e in events:
-        if e.event_id is not None:
-            until = next(expiry)
-            if e.event_id in seen or (until is not None and until > now):
-                out.duplicates += 1
-                continue
-            seen.add(e.event_id)
-        evicted = rule.push_recent(Event(e.ts, state.next_seq + len(out.accepted), e.item, e.action))
-        out.accepted.append(e)
+    for seq, (ts, item, action) in enumerate(events, start=state.next_seq):
+        evicted = rule.push_recent(Event(ts, seq, item, action))
         if evicted is None:
             continue
         out.evicted.append(evicted)
         if model.memory is None:
             out.touched |= rule.add_to_history(evicted, model.categories_of)
-    next_seq = state.next_seq + len(out.accepted)
+    next_seq = state.next_seq + len(events)
     changed = bool(out.touched) if model.memory is None else bool(out.evicted)
     out.state = State(
         state.kind,

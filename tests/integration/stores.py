@@ -56,7 +56,9 @@ async def append_in_chunks(
 async def stored(
     store: Store, view: ModelView, user: str
 ) -> tuple[State, Tokens | None, MemoryRecord | None]:
-    """The user's state and the derived records of ``view``'s version, as Redis holds them."""
+    """The user's state and the derived records of ``view``'s version, as Redis holds them once the
+    user's logged events are folded."""
+    await store.fold(view, [user])
     k = store.keys(user)
     state, tok, mem = await asyncio.gather(
         store.redis.get(k.state),
@@ -92,5 +94,9 @@ async def with_store(backend: Backend, prefix: str, fn, **kw: Any):  # type: ign
 def like(store: Store) -> Store:
     """Another store on the same client: what another worker process would have."""
     return Store(
-        store.redis, prefix=store.prefix, max_buckets=store.max_buckets, max_history=store.max_history
+        store.redis,
+        prefix=store.prefix,
+        max_buckets=store.max_buckets,
+        max_history=store.max_history,
+        fold_after=store.fold_after,
     )

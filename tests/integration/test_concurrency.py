@@ -54,6 +54,10 @@ def test_100_clients_exact_counts(api, redis_server, shared) -> None:  # type: i
     db = redis.Redis.from_url(redis_server.url)
     expected = {u: users.count(u) * POSTS * PER_POST for u in set(users)}
     for user, count in expected.items():
+        # GET /users folds the events still in the user's log into the state, as any read does.
+        assert (
+            httpx.get(f"{api.url}/users/{user}", headers={"X-API-Key": WRITE_KEY}).json()["events"] == count
+        )
         keys = user_keys("api", user)
         state = decode_state(db.get(keys.state))  # type: ignore[arg-type]
         assert state.next_seq == count  # exactly the unique events, in any commit order

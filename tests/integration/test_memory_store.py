@@ -89,8 +89,9 @@ def test_incremental_folding_equals_the_batch_fold_in_torch(backend, engine, tor
 
 
 def test_an_in_order_event_folds_one_segment_and_reads_no_history(backend, prefix, engine):  # type: ignore[no-untyped-def]
-    """Incremental: after 200 history events, each new event costs one fold of one row (the open
-    segment, or the segment it completes), and the raw history is only appended to, never read."""
+    """Incremental: after 200 history events, each new event (folded as it comes: fold_after=1)
+    costs one fold of one row (the open segment, or the segment it completes), and the raw history
+    is only appended to, never read."""
     rows: list[int] = []
 
     def counting_fold(memory: np.ndarray, segments: dict[str, np.ndarray]) -> np.ndarray:
@@ -111,7 +112,7 @@ def test_an_in_order_event_folds_one_segment_and_reads_no_history(backend, prefi
             assert rows == [1]
         assert len(await store.redis.get(store.keys("long").history)) == 5 + 2 * s * 14
 
-    run(with_store(backend, prefix, go))
+    run(with_store(backend, prefix, go, fold_after=1))
 
 
 def test_a_new_model_refolds_from_the_raw_history(backend, prefix, engine, torch_model):  # type: ignore[no-untyped-def]
@@ -234,6 +235,7 @@ def test_in_order_appends_keep_the_history_bounded_and_fold_everything(backend, 
             batch = [(100 + i, 1 + (7 * i) % 300) for i in range(lo, min(lo + 7, 300))]
             for target, user in ((store, "capped"), (unbounded, "whole")):
                 await target.append(view, [NewEvent(user, item, 1, ts) for ts, item in batch], now=0.0)
+        await unbounded.fold(view, ["whole"])  # the bound is the folding store's setting
         capped, capped_tokens, _ = await stored(store, view, "capped")
         whole, whole_tokens, _ = await stored(store, view, "whole")
         history = decode_events(await store.redis.get(store.keys("capped").history))

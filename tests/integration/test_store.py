@@ -227,22 +227,51 @@ def test_each_model_version_keeps_its_own_tokens(backend, prefix, engine, torch_
     run(with_store(backend, prefix, go))
 
 
-def test_a_fresh_read_is_one_round_trip_of_three_gets(backend, prefix, engine):  # type: ignore[no-untyped-def]
+def test_a_fresh_read_is_one_round_trip_of_four_gets(backend, prefix, engine):  # type: ignore[no-untyped-def]
     async def go(store: Store):  # type: ignore[no-untyped-def]
         view = await view_on(store, engine)
+        users = [f"r{i}" for i in range(5)]
         await store.append(
             view,
-            [e for i in range(5) for e in new_events(view, f"r{i}", [(50 + j, 3, 1) for j in range(12)])],
+            [e for u in users for e in new_events(view, u, [(50 + j, 3, 1) for j in range(12)])],
             now=0.0,
         )
+        await store.fold(view, users)
         before, nodes = await _commands_processed(store)
-        reads = await store.read(view, [f"r{i}" for i in range(5)] + ["nobody"])
+        reads = await store.read(view, [*users, "nobody"])
         after, _ = await _commands_processed(store)
-        assert after - before == 3 * 6 + nodes  # state, tokens, query per user (+ INFO): no rebuild
+        assert after - before == 4 * 6 + nodes  # state, tokens, query, log per user (+ INFO): no rebuild
         assert [len(r.state.recent) for r in reads[:5]] == [8] * 5
         assert (reads[5].state, reads[5].tokens, reads[5].error) == (None, None, None)
 
     run(with_store(backend, prefix, go))
+
+
+def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_event(  # type: ignore[no-untyped-def]
+    backend, prefix, engine
+):
+    """Below ``fold_after`` events an append writes only the user's log (no state is read or
+    written); the append that fills the log folds it; a read folds whatever is logged, so it always
+    sees every acknowledged event, and leaves the log empty."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        k = store.keys("lg")
+        stream = [(100 + j, 1 + j, 1) for j in range(30)]
+        await store.append(view, new_events(view, "lg", stream[:5]), now=0.0)
+        assert not await store.redis.exists(k.state)
+        assert await store.redis.strlen(k.log) == 1 + 5 * 10
+        (read,) = await store.read(view, ["lg"])
+        assert [e.ts for e in read.state.recent] == [100, 101, 102, 103, 104]
+        assert not await store.redis.exists(k.log)
+        await store.append(view, new_events(view, "lg", stream[5:7]), now=0.0)  # 2 logged
+        await store.append(view, new_events(view, "lg", stream[7:21]), now=0.0)  # 16: folded
+        assert not await store.redis.exists(k.log)
+        state = decode_state(await store.redis.get(k.state))
+        assert state.next_seq == 21
+        assert [e.ts for e in state.recent] == [100 + j for j in range(13, 21)]
+
+    run(with_store(backend, prefix, go, fold_after=16))
 
 
 async def _calls(store: Store, command: str) -> int:
@@ -400,6 +429,7 @@ def test_reads_during_writes_never_see_a_torn_state(backend, prefix, engine, tor
             writers = [store] + [like(store) for _ in range(4)]
             for i, e in enumerate(new_events(view, "torn", stream)):
                 await writers[i % 5].append(view, [e], 0.0)
+                await asyncio.sleep(0.002)  # an append is one script: let the readers (folding) race it
                 if i == n_events // 2:
                     old_tokens = await store.redis.get(store.keys("torn").tokens(view.version))
             done.set()
@@ -460,6 +490,7 @@ def test_a_state_of_another_layout_fails_only_its_user(backend, prefix, engine):
         await store.append(
             view, new_events(view, "ok", [(1, 2, 1)]) + new_events(view, "odd", [(1, 2, 1)]), now=0.0
         )
+        await store.fold(view, ["ok", "odd"])
         blob = bytearray(await store.redis.get(store.keys("odd").state))
         blob[2] = 99  # L = 99: written for another model
         await store.redis.set(store.keys("odd").state, bytes(blob))
@@ -492,7 +523,8 @@ def _format_2(s: State) -> bytes:
 
 def test_a_state_written_by_the_previous_format_is_read_and_upgraded(backend, prefix, engine):  # type: ignore[no-untyped-def]
     """A store written before format 3 keeps its users: a format-2 state reads as it was, and the
-    user's next event writes it back as format 3, exactly as if it had always been format 3."""
+    user's next event, once folded, writes it back as format 3, exactly as if it had always been
+    format 3."""
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
         view = await view_on(store, engine)
@@ -508,6 +540,7 @@ def test_a_state_written_by_the_previous_format_is_read_and_upgraded(backend, pr
         last = [(10_000, 2, 1)]
         for user in ("old", "new"):
             await store.append(view, new_events(view, user, last), now=0.0)
+        await store.fold(view, ["old", "new"])
         old_blob = await store.redis.get(store.keys("old").state)
         new_blob = await store.redis.get(store.keys("new").state)
         assert old_blob[0] == 3

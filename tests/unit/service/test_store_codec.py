@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from model.bucketing import Event, UserState
 from service.store_codec import (
+    FORMAT,
     KIND_BUCKETS,
     CorruptValue,
     MemoryRecord,
@@ -21,11 +22,13 @@ from service.store_codec import (
     Tokens,
     bucket_items,
     decode_events,
+    decode_log,
     decode_memory,
     decode_query,
     decode_state,
     decode_tokens,
     encode_events,
+    encode_log_records,
     encode_memory,
     encode_query,
     encode_state,
@@ -34,6 +37,7 @@ from service.store_codec import (
     keys_from_state,
     meta_key,
     state_head,
+    state_layout,
     user_keys,
 )
 
@@ -42,8 +46,9 @@ VERSION = "0123456789abcdef"
 
 def test_key_layout_and_hash_tags() -> None:
     k = user_keys("causerec", "u42")
-    assert (k.state, k.history, k.dedup) == (
+    assert (k.state, k.log, k.history, k.dedup) == (
         "causerec:v2:{u:u42}:state",
+        "causerec:v2:{u:u42}:log",
         "causerec:v2:{u:u42}:hist",
         "causerec:v2:{u:u42}:dedup",
     )
@@ -91,7 +96,17 @@ def test_state_bytes() -> None:
         "05000900"
     )
     assert decode_state(blob) == STATE
-    assert state_head(blob) == blob[:22]  # what the append script compares: holds next seq
+    assert state_head(blob) == blob[:22]  # what the fold script compares: holds next seq
+    assert state_layout(KIND_BUCKETS, 64, 32) == blob[1:6]  # what the log script checks
+
+
+def test_log_bytes() -> None:
+    """An event log: the format byte (written with the first record), then per accepted event its
+    ts (u32), item and action (store ids, u32 and u16), oldest first; its seq is its place."""
+    events = [(1700000000, 7, 1), (1700000005, 70000, 2)]
+    blob = bytes([FORMAT]) + encode_log_records(events)
+    assert blob.hex() == "0200f1536507000000010005f15365701101000200"
+    assert decode_log(blob) == events
 
 
 def test_format_2_states_are_still_read() -> None:
@@ -223,6 +238,8 @@ def test_memory_and_history_bytes() -> None:
         (decode_query, encode_query(Query(VERSION, 1, np.zeros(4, np.float32)))[:-1]),
         (decode_memory, b"\x07"),
         (decode_events, b"\x00" * 13),
+        (decode_log, b"\x02" + b"\x00" * 9),  # a record cut short
+        (decode_log, b"\x03" + b"\x00" * 10),
     ],
 )
 def test_unreadable_values_are_refused_not_misread(decode, blob) -> None:  # type: ignore[no-untyped-def]
