@@ -82,6 +82,7 @@ def make_store(redis: Redis, settings: Settings) -> Store:
         max_history=settings.max_history,
         timeout_s=settings.redis_timeout_s,
         fold_after=settings.fold_after_events,
+        fold_in_background=True,  # an /events answer waits for Redis to have the events, not for folds
     )
 
 
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.batcher.stop()
             if state.lookups:
                 await state.lookups.stop()
+            await state.store.settle()  # folds appends started: their events are logged either way
             await state.redis.aclose()
 
     app = FastAPI(

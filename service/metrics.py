@@ -93,6 +93,11 @@ class _StoreCollector(Collector):
             "causerec_store_conflicts", "folds retried after a concurrent fold", c.conflicts
         )
         yield CounterMetricFamily(
+            "causerec_store_folds_deferred",
+            "users whose full event log an append left to a later fold (too many folds running)",
+            c.folds_deferred,
+        )
+        yield CounterMetricFamily(
             "causerec_store_token_builds", "users whose history tokens a read had to build", c.token_builds
         )
         yield CounterMetricFamily(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -51,7 +52,7 @@ from service.store_codec import (
     state_head,
     state_next_seq,
 )
-from service.store_fold import fold
+from service.store_fold import Read, fold
 from service.store_io import StoreIO
 from service.store_types import Inspected, UserOutcome, UserRead
 from service.user_state import (
@@ -67,14 +68,24 @@ from service.user_state import (
 
 class Store(StoreIO):
     append_chunk = 128  # users per log round trip: one MULTI/EXEC, one fsync
+    max_background_folds = 4  # fold tasks started by appends and still running
+
+    def __init__(self, *args: Any, fold_in_background: bool = False, **kwargs: Any) -> None:
+        """``fold_in_background``: an append answers before the folds it starts are done (the
+        service); else it waits for them (a bulk load, which wants states built and its pace set by
+        them, and tests that read Redis directly)."""
+        super().__init__(*args, **kwargs)
+        self.fold_in_background = fold_in_background
+        self._folds: set[asyncio.Task[None]] = set()
 
     # ---- append ---------------------------------------------------------------------------------
     async def append(self, model: ModelView, events: Iterable[NewEvent], now: float) -> list[UserOutcome]:
         """Log events (in order) atomically per user; duplicates (by event_id) count once. Every
         user's outcome is returned: one failing user (a state of another layout) does not fail the
-        rest. An accepted event is in Redis when this returns; users whose log reached
-        ``fold_after`` events are folded before it returns (a failed fold loses nothing: the events
-        stay logged, and the next read or append folds them)."""
+        rest. An accepted event is in Redis when this returns. Users whose log reached
+        ``fold_after`` events are folded after it returns, in the background (``settle`` waits for
+        that), or before it returns; a fold that fails or is not started loses nothing: the events
+        stay logged, and the user's next read or append folds them."""
         by_user: dict[str, list[NewEvent]] = {}
         for e in events:
             by_user.setdefault(e.user_id, []).append(e)
@@ -104,11 +115,34 @@ class Store(StoreIO):
                 outcome.accepted, outcome.duplicates = accepted, duplicates
                 if logged >= full:
                     due.append(user)
-        if due:
-            # Acknowledged all the same if Redis fails now: the log keeps the events for a later fold.
-            with contextlib.suppress(StoreUnavailable):
+        if due and self.fold_in_background:
+            self._fold_later(model, due)
+        elif due:
+            with contextlib.suppress(StoreUnavailable):  # logged all the same: a later fold applies them
                 await fold(self, model, due)
         return outcomes
+
+    def _fold_later(self, model: ModelView, users: list[str]) -> None:
+        """Fold ``users`` in a task of their own: the append's answer does not wait for it. At most
+        ``max_background_folds`` run at once; past that the users stay logged (their next append
+        starts a fold again, a read folds them itself), so a burst cannot pile up tasks."""
+        if len(self._folds) >= self.max_background_folds:
+            self.counters.folds_deferred += len(users)
+            return
+
+        async def run() -> None:
+            # Acknowledged events are safe whatever happens here: they stay logged until a fold.
+            with contextlib.suppress(StoreUnavailable):
+                await fold(self, model, users)
+
+        task = asyncio.create_task(run())
+        self._folds.add(task)
+        task.add_done_callback(self._folds.discard)
+
+    async def settle(self) -> None:
+        """Wait for the folds appends started (tests, shutdown)."""
+        while self._folds:
+            await asyncio.gather(*self._folds, return_exceptions=True)
 
     def _queue_log(
         self, pipe: object, model: ModelView, user: str, events: list[NewEvent], now: float
@@ -166,20 +200,24 @@ class Store(StoreIO):
         model version or history state) or unreadable are rebuilt from the state and written back;
         an unreadable state fails only its own user (``UserRead.error``)."""
         reads = [UserRead(u, self.keys(u), None) for u in user_ids]
+        memory = model.memory is not None
         pipe = self.redis.pipeline(transaction=False)
         for r in reads:
             pipe.get(r.keys.state)
             pipe.get(r.keys.tokens(model.version))
             pipe.get(r.keys.query(model.version))
             pipe.get(r.keys.log)
+            if memory:
+                pipe.get(r.keys.memory(model.version))  # what a fold of this user needs too
         replies = await self.io(pipe)
-        logged: list[UserRead] = []
+        width = 5 if memory else 4
+        logged: dict[str, Read] = {}
         for i, r in enumerate(reads):
-            blob, tok_blob, q_blob, log = replies[4 * i : 4 * i + 4]
-            if any(isinstance(x, Exception) for x in (blob, tok_blob, q_blob, log)):
+            blob, tok_blob, q_blob, log, *mem = replies[width * i : width * (i + 1)]
+            if any(isinstance(x, Exception) for x in (blob, tok_blob, q_blob, log, *mem)):
                 r.error = StoreUnavailable("redis refused a read")
-            elif log:
-                logged.append(r)  # its query state is stale: the fold moves the user's seq
+            elif log:  # folded first; its query state is then stale: the fold moves the user's seq
+                logged[r.user_id] = (blob, tok_blob, mem[0] if mem else None, log)
             elif blob:
                 try:
                     r.state, r.head = self.usable_state(model, r.user_id, blob), state_head(blob)
@@ -191,10 +229,11 @@ class Store(StoreIO):
                 if r.query is not None and r.query.next_seq != r.state.next_seq:
                     r.query = None
         if logged:
-            folded = await fold(self, model, [r.user_id for r in logged])
-            for r in logged:
-                f = folded[r.user_id]
-                r.state, r.tokens, r.head, r.error = f.state, f.tokens, f.head, f.error
+            folded = await fold(self, model, list(logged), logged)
+            for r in reads:
+                if r.user_id in logged:
+                    f = folded[r.user_id]
+                    r.state, r.tokens, r.head, r.error = f.state, f.tokens, f.head, f.error
         stale = []
         for r in reads:
             if r.state is None:

@@ -79,15 +79,23 @@ class _Folding:
     history_op: bytes = b""
 
 
-async def fold(io: StoreIO, model: ModelView, user_ids: list[str]) -> dict[str, Folded]:
-    """Fold every user's log into their state (a user with an empty log is returned as stored)."""
+Read = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+"""A user's stored (state, tok:<version>, mem:<version>, log), as one round trip read them."""
+
+
+async def fold(
+    io: StoreIO, model: ModelView, user_ids: list[str], read: dict[str, Read] | None = None
+) -> dict[str, Folded]:
+    """Fold every user's log into their state (a user with an empty log is returned as stored).
+    ``read``: what a caller's own round trip just read for these users, used instead of a first
+    read of its own (the compare-and-set catches anything that moved since)."""
     users = list(dict.fromkeys(user_ids))
     chunks = [users[i : i + FOLD_CHUNK] for i in range(0, len(users), FOLD_CHUNK)]
     lanes = asyncio.Semaphore(FOLD_LANES)
 
     async def lane(chunk: list[str]) -> dict[str, Folded]:
         async with lanes:
-            return await _fold_chunk(io, model, chunk)
+            return await _fold_chunk(io, model, chunk, read)
 
     async with io.user_locks.hold(sorted(users)):
         # Every chunk finishes before an error of one is raised: none runs on behind the answer.
@@ -98,11 +106,13 @@ async def fold(io: StoreIO, model: ModelView, user_ids: list[str]) -> dict[str, 
     return {u: f for chunk in done for u, f in chunk.items()}  # type: ignore[union-attr]
 
 
-async def _fold_chunk(io: StoreIO, model: ModelView, users: list[str]) -> dict[str, Folded]:
+async def _fold_chunk(
+    io: StoreIO, model: ModelView, users: list[str], read: dict[str, Read] | None
+) -> dict[str, Folded]:
     out: dict[str, Folded] = {}
     todo = users
     for attempt in range(io.max_retries):
-        todo = await _fold_round(io, model, todo, out)
+        todo = await _fold_round(io, model, todo, out, read if attempt == 0 else None)
         if not todo:
             return out
         io.counters.conflicts += len(todo)
@@ -112,8 +122,7 @@ async def _fold_chunk(io: StoreIO, model: ModelView, users: list[str]) -> dict[s
     return out
 
 
-async def _fold_round(io: StoreIO, model: ModelView, users: list[str], out: dict[str, Folded]) -> list[str]:
-    """Read, fold and compare-and-set every user once; returns those whose state moved meanwhile."""
+async def _read(io: StoreIO, model: ModelView, users: list[str]) -> dict[str, Read]:
     # Only the keys this model has: commands, not bytes, are what a pipeline costs this process.
     # (No MGET: redis-py refuses it in a cluster pipeline although a user's keys share one slot.)
     pipe = io.redis.pipeline(transaction=False)
@@ -125,11 +134,23 @@ async def _fold_round(io: StoreIO, model: ModelView, users: list[str], out: dict
             pipe.get(k.memory(model.version))
         pipe.get(k.log)
     replies = iter(await io.io(pipe))
-    ready: list[tuple[str, _Folding]] = []
+    out = {}
     for user in users:
         blob, tok = next(replies), next(replies)
-        mem = next(replies) if model.memory is not None else None
-        log = next(replies)
+        out[user] = (blob, tok, next(replies) if model.memory is not None else None, next(replies))
+    return out
+
+
+async def _fold_round(
+    io: StoreIO, model: ModelView, users: list[str], out: dict[str, Folded], read: dict[str, Read] | None
+) -> list[str]:
+    """Read (unless ``read`` has every user), fold and compare-and-set every user once; returns
+    those whose state moved meanwhile."""
+    if read is None or any(u not in read for u in users):
+        read = await _read(io, model, users)
+    ready: list[tuple[str, _Folding]] = []
+    for user in users:
+        blob, tok, mem, log = read[user]
         if any(isinstance(x, Exception) for x in (blob, tok, mem, log)):
             out[user] = Folded(None, error=StoreUnavailable("redis refused a read"))
             continue
@@ -150,7 +171,7 @@ async def _fold_round(io: StoreIO, model: ModelView, users: list[str], out: dict
             kept = f.tokens if f.state is not None and fresh(f.tokens, model, f.state) else None
             out[user] = Folded(f.state, kept, f.head)
             continue
-        f.log_bytes = len(log)
+        f.log_bytes = len(log or b"")
         ready.append((user, f))
     if not ready:
         return []

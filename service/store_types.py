@@ -45,6 +45,7 @@ class Counters:
     """What the store did, for /metrics and for tests that check the work done."""
 
     conflicts: int = 0  # fold scripts that found the state moved (then retried)
+    folds_deferred: int = 0  # users whose full log an append left to a later fold (too many running)
     token_builds: int = 0  # users whose history tokens were (re)built on a read
     repairs: dict[str, int] = field(default_factory=dict)  # unreadable derived values rebuilt, by kind
     corrupt_states: int = 0  # unreadable states (the truth: cannot be rebuilt)

@@ -85,9 +85,11 @@ class Backend:
 
 async def with_store(backend: Backend, prefix: str, fn, **kw: Any):  # type: ignore[no-untyped-def]
     client = backend.client()
+    store = Store(client, prefix=prefix, **kw)
     try:
-        return await fn(Store(client, prefix=prefix, **kw))
+        return await fn(store)
     finally:
+        await store.settle()
         await client.aclose()
 
 

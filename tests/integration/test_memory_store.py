@@ -109,6 +109,7 @@ def test_an_in_order_event_folds_one_segment_and_reads_no_history(backend, prefi
         for i in range(208, 208 + 2 * s):
             rows.clear()
             await store.append(view, [NewEvent("long", 7, 1, i)], now=0.0)
+            await store.settle()
             assert rows == [1]
         assert len(await store.redis.get(store.keys("long").history)) == 5 + 2 * s * 14
 

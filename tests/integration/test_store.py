@@ -261,8 +261,10 @@ def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_
         await store.append(view, new_events(view, "lg", stream[:5]), now=0.0)
         assert not await store.redis.exists(k.state)
         assert await store.redis.strlen(k.log) == 1 + 5 * 10
+        gets = await _calls(store, "get")
         (read,) = await store.read(view, ["lg"])
         assert [e.ts for e in read.state.recent] == [100, 101, 102, 103, 104]
+        assert await _calls(store, "get") - gets == 4  # the fold reuses what the read's round trip got
         assert not await store.redis.exists(k.log)
         await store.append(view, new_events(view, "lg", stream[5:7]), now=0.0)  # 2 logged
         await store.append(view, new_events(view, "lg", stream[7:21]), now=0.0)  # 16: folded
@@ -272,6 +274,31 @@ def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_
         assert [e.ts for e in state.recent] == [100 + j for j in range(13, 21)]
 
     run(with_store(backend, prefix, go, fold_after=16))
+
+
+def test_background_folds_never_hide_an_event_and_a_busy_store_defers_them(  # type: ignore[no-untyped-def]
+    backend, prefix, engine
+):
+    """The service's store answers an append before the fold it starts; a read right after it
+    still sees every event. With its background folds all busy, a full log is left for later
+    (counted), and a read folds it."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        stream = [(100 + j, 1 + j, 1) for j in range(40)]
+        await store.append(view, new_events(view, "bg", stream[:20]), now=0.0)
+        (read,) = await store.read(view, ["bg"])
+        assert read.state.next_seq == 20
+        await store.settle()
+        assert not await store.redis.exists(store.keys("bg").log)
+        store.max_background_folds = 0
+        await store.append(view, new_events(view, "bg", stream[20:]), now=0.0)
+        assert store.counters.folds_deferred == 1
+        assert await store.redis.strlen(store.keys("bg").log) == 1 + 20 * 10
+        (read,) = await store.read(view, ["bg"])
+        assert [e.ts for e in read.state.recent] == [100 + j for j in range(32, 40)]
+
+    run(with_store(backend, prefix, go, fold_in_background=True))
 
 
 async def _calls(store: Store, command: str) -> int:
