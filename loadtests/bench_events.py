@@ -15,8 +15,8 @@ batch with each variant, in rotating order, so both see the same machine; the re
 variant, events/s (median and range over ``--repeats`` blocks of ``--batches`` passes), the ratio to
 the current path, and the CPU seconds per event of this process (all threads) and of the
 redis-server process, which hold across runs where events/s, on a shared 2-core VM, do not. It also
-gives a fold's Python work per user by stage, without Redis (``fold_cpu_us_per_user``: one event
-folded into each user's state; best of 7 timings). Writes loadtests/results/bench_events.json.
+gives a fold's Python work per user by stage, without Redis (``fold_cpu_us_per_user``: 1 and 16
+events folded into each user's state; best of 7 timings). Writes loadtests/results/bench_events.json.
 """
 
 from __future__ import annotations
@@ -88,7 +88,12 @@ async def measure(
     logged = variants["store"]  # in the steady state
     steady = [event(f"u{u}") for u in range(users) for _ in range(rng.randrange(logged.fold_after))]
     await logged.append(views["store"], steady, now)
-    stage_us = await stages(client, variants["fold every append"], views["fold every append"], events())
+    stage_us = {
+        f"{k} event{'s' * (k > 1)} per fold": await stages(
+            client, variants["fold every append"], views["fold every append"], users, k
+        )
+        for k in (1, variants["store"].fold_after)
+    }
     for name, store in variants.items():  # warm every path
         await store.append(views[name], events(), now)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -122,29 +127,34 @@ async def measure(
     return {"fold_cpu_us_per_user": stage_us, "variants": out}
 
 
-async def stages(client: Redis, store: Store, view: ModelView, batch: list[NewEvent]) -> dict[str, float]:
-    """A fold's Python work per user, stage by stage, without Redis: one event folded into the state
-    of each user of ``batch`` (their states and tokens read once), the best of 7 timings of each
-    stage over all."""
-    users = list(dict.fromkeys(e.user_id for e in batch))
-    one = {e.user_id: [(e.ts, e.item, e.action)] for e in batch}
-    await store.fold(view, users)
+async def stages(client: Redis, store: Store, view: ModelView, users: int, k: int) -> dict[str, float]:
+    """A fold's Python work per user, stage by stage, without Redis: ``k`` new events (random items,
+    each newer than the last) folded into the state of every user (states and tokens read once);
+    each stage the best of 7 timings over all users, each timing from freshly decoded states."""
+    ids = [f"u{u}" for u in range(users)]
+    await store.fold(view, ids)
     pipe = client.pipeline(transaction=False)
-    for u in users:
+    for u in ids:
         pipe.get(store.keys(u).state)
         pipe.get(store.keys(u).tokens(view.version))
     blobs = await pipe.execute()
     states, tokens = blobs[0::2], [decode_tokens(b) for b in blobs[1::2]]
+    rng = random.Random(k)
+    new = [
+        [(2**31 + i, int(view.ids.items.to_store[rng.randrange(1, 1000)]), 1) for i in range(k)] for _ in ids
+    ]
+    decoded: list[State] = []
 
-    def decode() -> list[State]:
-        return [decode_state(b) for b in states]
+    def decode() -> None:
+        decoded[:] = [decode_state(b) for b in states]
 
     def apply() -> list[Appended]:
-        return [apply_events(st, one[u], view, None) for u, st in zip(users, decode(), strict=True)]
+        return [apply_events(st, evs, view, None) for st, evs in zip(decoded, new, strict=True)]
 
+    decode()
     done = apply()
-    # Tokens fresh before the event: only its touched buckets are recomputed, as a fold does.
-    kept = [t if fresh(t, view, st) else None for t, st in zip(tokens, decode(), strict=True)]
+    # Tokens fresh before the events: only the touched buckets are recomputed, as a fold does.
+    kept = [t if fresh(t, view, st) else None for t, st in zip(tokens, decoded, strict=True)]
 
     def rebuild() -> list[Tokens]:
         jobs = [token_job(d.state, t, d.touched, view) for d, t in zip(done, kept, strict=True)]
@@ -156,13 +166,12 @@ async def stages(client: Redis, store: Store, view: ModelView, batch: list[NewEv
         for d, t in zip(done, built, strict=True):
             encode_state(d.state), encode_tokens(t)
 
-    def best(fn: Callable[[], object]) -> float:
-        return min(timeit.repeat(fn, number=1, repeat=7)) / len(users) * 1e6
+    def best(fn: Callable[[], object], setup: Callable[[], object] = lambda: None) -> float:
+        return min(timeit.repeat(fn, setup, number=1, repeat=7)) / users * 1e6
 
-    decode_us = best(decode)
     row = {
-        "decode state": decode_us,
-        "apply rule": best(apply) - decode_us,  # apply() decodes again: only the rule's share
+        "decode state": best(decode),
+        "apply rule": best(apply, decode),
         "tokens": best(rebuild),
         "encode": best(encode),
     }
