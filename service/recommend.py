@@ -162,8 +162,9 @@ class Recommender:
             for i, r in enumerate(reads)
             if i in encoded and r.state is not None and self.query_cache
         ]
-        with contextlib.suppress(StoreUnavailable):  # caches: the answers do not need them
-            await self.store.write_derived(model.view, cache, keep)
+        # The reads' folds and the caches: the answers do not need them (unwritten folds stay logged).
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.write_derived(model.view, cache, keep, reads)
         return out
 
     async def _queries(self, model: LoadedModel, reads: list[UserRead]) -> tuple[np.ndarray, set[int]]:

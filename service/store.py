@@ -52,7 +52,7 @@ from service.store_codec import (
     state_head,
     state_next_seq,
 )
-from service.store_fold import Read, fold
+from service.store_fold import Read, fold, queue_fold
 from service.store_io import StoreIO
 from service.store_types import Inspected, UserOutcome, UserRead
 from service.user_state import (
@@ -229,11 +229,11 @@ class Store(StoreIO):
                 if r.query is not None and r.query.next_seq != r.state.next_seq:
                     r.query = None
         if logged:
-            folded = await fold(self, model, list(logged), logged)
+            folded = await fold(self, model, list(logged), logged, write=False)
             for r in reads:
                 if r.user_id in logged:
                     f = folded[r.user_id]
-                    r.state, r.tokens, r.head, r.error = f.state, f.tokens, f.head, f.error
+                    r.state, r.tokens, r.head, r.error, r.fold = f.state, f.tokens, f.head, f.error, f.pending
         stale = []
         for r in reads:
             if r.state is None:
@@ -303,14 +303,20 @@ class Store(StoreIO):
         model: ModelView,
         queries: Sequence[tuple[UserRead, Query]] = (),
         answers: Sequence[tuple[UserRead, str, bytes]] = (),
+        reads: Sequence[UserRead] = (),
     ) -> None:
-        """Cache freshly computed query states (each only if its user's state has not moved) and
-        rendered answers (stamped with the state's sequence number, by request shape; each only if
-        the state has not moved and no event waits in the log), in one round trip."""
+        """In one round trip: the folds ``reads`` computed (each only if its user's state has not
+        moved), then freshly computed query states (each only if its user's state is the one it was
+        computed from) and rendered answers (stamped with the state's sequence number, by request
+        shape; each only if the state has not moved and no event waits in the log). A fold that is
+        not written takes its derived values with it: they name the state it would have written."""
         answers = answers if self.answers_ttl_s else ()
-        if not queries and not answers:
+        folds = [r.fold for r in reads if r.fold is not None]
+        if not folds and not queries and not answers:
             return
         pipe = self.writes()
+        for f in folds:
+            queue_fold(self, pipe, model, f)
         for r, q in queries:
             self._set_derived(pipe, r.keys, r.head, r.keys.query(model.version), encode_query(q))
         for r, shape, body in answers:

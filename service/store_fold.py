@@ -51,20 +51,8 @@ FOLD_LANES = 2
 
 
 @dataclass
-class Folded:
-    """A user as Redis holds them after a fold: the state (None: unknown user), its tokens if fresh
-    for the model, the state's head (for compare-and-set writes of derived values), or the error
-    that kept this user from being folded (the others are unaffected)."""
-
-    state: State | None
-    tokens: Tokens | None = None
-    head: bytes = b""
-    error: Exception | None = None
-
-
-@dataclass
-class _Folding:
-    """One user's fold in flight."""
+class PendingFold:
+    """One user's fold in flight: what was read, what was computed, what the fold script writes."""
 
     keys: UserKeys
     state: State | None = None
@@ -77,6 +65,21 @@ class _Folding:
     new_tokens: Tokens | None = None
     new_memory: MemoryRecord | None = None
     history_op: bytes = b""
+    blob: bytes = b""  # the new state, encoded
+
+
+@dataclass
+class Folded:
+    """A user after a fold: the state (None: unknown user), its tokens if fresh for the model, the
+    state's head (for compare-and-set writes of derived values), or the error that kept this user
+    from being folded (the others are unaffected). ``pending``: a fold computed but not written
+    (``fold(write=False)``): ``queue_fold`` writes it."""
+
+    state: State | None
+    tokens: Tokens | None = None
+    head: bytes = b""
+    error: Exception | None = None
+    pending: PendingFold | None = None
 
 
 Read = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
@@ -84,18 +87,25 @@ Read = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 
 async def fold(
-    io: StoreIO, model: ModelView, user_ids: list[str], read: dict[str, Read] | None = None
+    io: StoreIO,
+    model: ModelView,
+    user_ids: list[str],
+    read: dict[str, Read] | None = None,
+    write: bool = True,
 ) -> dict[str, Folded]:
     """Fold every user's log into their state (a user with an empty log is returned as stored).
     ``read``: what a caller's own round trip just read for these users, used instead of a first
-    read of its own (the compare-and-set catches anything that moved since)."""
+    read of its own (the compare-and-set catches anything that moved since). ``write`` False:
+    compute the folds and leave writing them to the caller (``queue_fold``, with its own writes in
+    the same round trip); nothing is retried then: a fold that meets a moved state is not written,
+    and the events it applied stay logged for the next one."""
     users = list(dict.fromkeys(user_ids))
     chunks = [users[i : i + FOLD_CHUNK] for i in range(0, len(users), FOLD_CHUNK)]
     lanes = asyncio.Semaphore(FOLD_LANES)
 
     async def lane(chunk: list[str]) -> dict[str, Folded]:
         async with lanes:
-            return await _fold_chunk(io, model, chunk, read)
+            return await _fold_chunk(io, model, chunk, read, write)
 
     async with io.user_locks.hold(sorted(users)):
         # Every chunk finishes before an error of one is raised: none runs on behind the answer.
@@ -107,12 +117,12 @@ async def fold(
 
 
 async def _fold_chunk(
-    io: StoreIO, model: ModelView, users: list[str], read: dict[str, Read] | None
+    io: StoreIO, model: ModelView, users: list[str], read: dict[str, Read] | None, write: bool
 ) -> dict[str, Folded]:
     out: dict[str, Folded] = {}
     todo = users
     for attempt in range(io.max_retries):
-        todo = await _fold_round(io, model, todo, out, read if attempt == 0 else None)
+        todo = await _fold_round(io, model, todo, out, read if attempt == 0 else None, write)
         if not todo:
             return out
         io.counters.conflicts += len(todo)
@@ -142,19 +152,24 @@ async def _read(io: StoreIO, model: ModelView, users: list[str]) -> dict[str, Re
 
 
 async def _fold_round(
-    io: StoreIO, model: ModelView, users: list[str], out: dict[str, Folded], read: dict[str, Read] | None
+    io: StoreIO,
+    model: ModelView,
+    users: list[str],
+    out: dict[str, Folded],
+    read: dict[str, Read] | None,
+    write: bool,
 ) -> list[str]:
-    """Read (unless ``read`` has every user), fold and compare-and-set every user once; returns
-    those whose state moved meanwhile."""
+    """Read (unless ``read`` has every user), fold and compare-and-set every user once (``write``);
+    returns those whose state moved meanwhile."""
     if read is None or any(u not in read for u in users):
         read = await _read(io, model, users)
-    ready: list[tuple[str, _Folding]] = []
+    ready: list[tuple[str, PendingFold]] = []
     for user in users:
         blob, tok, mem, log = read[user]
         if any(isinstance(x, Exception) for x in (blob, tok, mem, log)):
             out[user] = Folded(None, error=StoreUnavailable("redis refused a read"))
             continue
-        f = _Folding(io.keys(user), head=state_head(blob))
+        f = PendingFold(io.keys(user), head=state_head(blob))
         try:
             f.state = io.usable_state(model, user, blob) if blob else None
             f.events = decode_log(log) if log else []
@@ -178,24 +193,34 @@ async def _fold_round(
     await asyncio.to_thread(_compute, io, model, [f for _, f in ready])
     if model.memory is not None:
         await _fold_histories(io, model, [f for _, f in ready])
-    pipe = io.writes()
-    blobs = []
     for _, f in ready:
-        blobs.append(_queue_fold(io, pipe, model, f))
+        assert f.result is not None
+        f.blob = encode_state(f.result.state)
+    if not write:
+        for user, f in ready:
+            out[user] = _folded(model, f, pending=f)
+        return []
+    pipe = io.writes()
+    for _, f in ready:
+        queue_fold(io, pipe, model, f)
     results = await io.io(pipe)
     conflicts = []
-    for (user, f), blob, ok in zip(ready, blobs, results, strict=True):
+    for (user, f), ok in zip(ready, results, strict=True):
         if isinstance(ok, Exception):
             out[user] = Folded(None, error=StoreUnavailable(f"redis refused a fold: {type(ok).__name__}"))
         elif ok == 1:
-            assert f.result is not None
-            out[user] = Folded(f.result.state, _tokens_after(model, f), state_head(blob))
+            out[user] = _folded(model, f)
         else:
             conflicts.append(user)
     return conflicts
 
 
-def _tokens_after(model: ModelView, f: _Folding) -> Tokens | None:
+def _folded(model: ModelView, f: PendingFold, pending: PendingFold | None = None) -> Folded:
+    assert f.result is not None
+    return Folded(f.result.state, _tokens_after(model, f), state_head(f.blob), pending=pending)
+
+
+def _tokens_after(model: ModelView, f: PendingFold) -> Tokens | None:
     """The user's tokens once the fold is written: the new ones, or the stored ones if the fold left
     them fresh (it touched no bucket)."""
     assert f.result is not None
@@ -204,11 +229,11 @@ def _tokens_after(model: ModelView, f: _Folding) -> Tokens | None:
     return f.tokens if fresh(f.tokens, model, f.result.state) else None
 
 
-def _compute(io: StoreIO, model: ModelView, folding: list[_Folding]) -> None:
+def _compute(io: StoreIO, model: ModelView, folding: list[PendingFold]) -> None:
     """Off the event loop: the rule for every user, then one history-graph call for all the buckets
     that changed. Tokens left None are still fresh in Redis and are not rewritten."""
     jobs: list[TokenJob] = []
-    owners: list[_Folding] = []
+    owners: list[PendingFold] = []
     for f in folding:
         was_fresh = f.state is not None and fresh(f.tokens, model, f.state)
         f.result = apply_events(f.state, f.events, model, io.max_buckets)
@@ -226,7 +251,7 @@ def _compute(io: StoreIO, model: ModelView, folding: list[_Folding]) -> None:
         f.new_tokens = built
 
 
-async def _fold_histories(io: StoreIO, model: ModelView, folding: list[_Folding]) -> None:
+async def _fold_histories(io: StoreIO, model: ModelView, folding: list[PendingFold]) -> None:
     """Memory compressor: extend each memory by the events that joined the history, or refold the
     whole history (a new model, a lost record, or a late event inside folded segments)."""
     assert model.memory is not None
@@ -265,10 +290,8 @@ async def _fold_histories(io: StoreIO, model: ModelView, folding: list[_Folding]
         f.new_memory, f.new_tokens = record, tokens
 
 
-def _queue_fold(io: StoreIO, pipe: object, model: ModelView, f: _Folding) -> bytes:
-    """Queue the user's compare-and-set fold; returns the state it writes."""
-    assert f.result is not None
-    blob = encode_state(f.result.state)
+def queue_fold(io: StoreIO, pipe: object, model: ModelView, f: PendingFold) -> None:
+    """Queue the user's compare-and-set fold script."""
     pipe.eval(  # type: ignore[attr-defined]
         FOLD,
         5,
@@ -278,7 +301,7 @@ def _queue_fold(io: StoreIO, pipe: object, model: ModelView, f: _Folding) -> byt
         f.keys.history,
         f.keys.memory(model.version),
         f.head,
-        blob,
+        f.blob,
         encode_tokens(f.new_tokens) if f.new_tokens is not None else b"",
         f.history_op,
         encode_memory(f.new_memory) if f.new_memory is not None and model.memory is not None else b"",
@@ -286,4 +309,3 @@ def _queue_fold(io: StoreIO, pipe: object, model: ModelView, f: _Folding) -> byt
         io.derived_ttl_s,
         f.log_bytes,
     )
-    return blob

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.store_codec import Query, State, Tokens, UserKeys
+
+if TYPE_CHECKING:
+    from service.store_fold import PendingFold
 
 
 @dataclass
@@ -18,6 +22,9 @@ class UserRead:
     query: Query | None = None  # fresh for the state, or None (the backbone must run)
     error: Exception | None = None  # this user could not be read; the others are unaffected
     head: bytes = b""
+    # The read folded this user's logged events but did not write the fold: Store.write_derived
+    # writes it first, in the round trip that writes what was derived from it.
+    fold: PendingFold | None = None
 
 
 @dataclass

@@ -251,8 +251,9 @@ def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_
     backend, prefix, engine
 ):
     """Below ``fold_after`` events an append writes only the user's log (no state is read or
-    written); the append that fills the log folds it; a read folds whatever is logged, so it always
-    sees every acknowledged event, and leaves the log empty."""
+    written); the append that fills it folds it; a read folds whatever is logged (from what its own
+    round trip read), so it always sees every acknowledged event, and its fold is written with the
+    values derived from it, in one round trip."""
 
     async def go(store: Store):  # type: ignore[no-untyped-def]
         view = await view_on(store, engine)
@@ -261,11 +262,16 @@ def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_
         await store.append(view, new_events(view, "lg", stream[:5]), now=0.0)
         assert not await store.redis.exists(k.state)
         assert await store.redis.strlen(k.log) == 1 + 5 * 10
-        gets = await _calls(store, "get")
+        gets, execs = await _calls(store, "get"), await _calls(store, "exec")
         (read,) = await store.read(view, ["lg"])
         assert [e.ts for e in read.state.recent] == [100, 101, 102, 103, 104]
-        assert await _calls(store, "get") - gets == 4  # the fold reuses what the read's round trip got
+        assert (await _calls(store, "get") - gets, await _calls(store, "exec") - execs) == (4, 0)
+        query = Query(view.version, read.state.next_seq, np.ones(view.d_model, np.float32))
+        await store.write_derived(view, [(read, query)], reads=[read])
         assert not await store.redis.exists(k.log)
+        (again,) = await store.read(view, ["lg"])
+        assert again.state == read.state
+        assert again.query is not None  # written with the fold it was computed from
         await store.append(view, new_events(view, "lg", stream[5:7]), now=0.0)  # 2 logged
         await store.append(view, new_events(view, "lg", stream[7:21]), now=0.0)  # 16: folded
         assert not await store.redis.exists(k.log)
