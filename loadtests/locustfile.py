@@ -5,7 +5,8 @@
 
 Ids follow the synthetic generator: users u0..u{N-1}; items from --catalog (a bundle's catalog.json),
 --items-file (one id per line) or i0..i{M-1}. Name the user classes to
-run (RecommendUser, EventsUser, NoopUser); without names, the weights choose the mix.
+run (RecommendUser, EventsUser, MixedUser, NoopUser); without names, the weights choose the mix of
+RecommendUser and EventsUser; MixedUser sends both routes in the weights' ratio.
 """
 
 from __future__ import annotations
@@ -72,34 +73,52 @@ class _Base(FastHttpUser):
         return {"X-API-Key": key} if key else {}
 
 
+def recommend(user: _Base) -> None:
+    opts = user.environment.parsed_options
+    body = {"user_id": f"u{random.randrange(opts.id_users)}", "k": opts.k}
+    user.client.post("/recommend", json=body, headers=user.headers(), name="/recommend")
+
+
 class RecommendUser(_Base):
-    @task
-    def recommend(self) -> None:
-        opts = self.environment.parsed_options
-        body = {"user_id": f"u{random.randrange(opts.id_users)}", "k": opts.k}
-        self.client.post("/recommend", json=body, headers=self.headers(), name="/recommend")
+    tasks = [recommend]
 
 
 class EventsUser(_Base):
     @task
     def post_events(self) -> None:
+        post_events(self)
+
+
+def post_events(user: _Base) -> None:
+    opts = user.environment.parsed_options
+    now = time.time()
+    batch = [
+        {
+            "user_id": f"u{random.randrange(opts.id_users)}",
+            "item_id": random.choice(ITEMS),
+            "action": random.choice(("view", "like")),
+            "timestamp": now,
+            "event_id": f"lt-{next(_event_ids)}-{random.getrandbits(32)}",
+        }
+        for _ in range(opts.events_batch)
+    ]
+    with user.client.post(
+        "/events", json={"events": batch}, headers=user.headers(), name="/events", catch_response=True
+    ) as response:
+        if response.status_code == 422:  # an id outside the catalogue would be our bug, not the server's
+            response.failure(response.text[:200])
+
+
+class MixedUser(_Base):
+    """Reads and event posts in a fixed ratio per simulated user (--recommend-weight to
+    --events-weight), whatever either costs: with separate users per route a closed loop would post
+    events as fast as they are answered, and a cheaper /events would mean another traffic mix."""
+
+    tasks = [recommend, post_events]  # weighted by the options in on_start
+
+    def on_start(self) -> None:
         opts = self.environment.parsed_options
-        now = time.time()
-        batch = [
-            {
-                "user_id": f"u{random.randrange(opts.id_users)}",
-                "item_id": random.choice(ITEMS),
-                "action": random.choice(("view", "like")),
-                "timestamp": now,
-                "event_id": f"lt-{next(_event_ids)}-{random.getrandbits(32)}",
-            }
-            for _ in range(opts.events_batch)
-        ]
-        with self.client.post(
-            "/events", json={"events": batch}, headers=self.headers(), name="/events", catch_response=True
-        ) as response:
-            if response.status_code == 422:  # an id outside the catalogue would be our bug, not the server's
-                response.failure(response.text[:200])
+        self.tasks = [recommend] * opts.recommend_weight + [post_events] * opts.events_weight
 
 
 class NoopUser(_Base):

@@ -1,6 +1,6 @@
 """Where a worker's time goes: py-spy samples the CAUSE service while locust drives one traffic mix.
 
-    python -m loadtests.profile --preset small --modes read-mostly events
+    python -m loadtests.profile --preset small --modes read-mostly mixed events
 
 Same population, bundle and service settings as ``loadtests.run`` (one worker). For each mode (in
 order: events stale the query states that read-mostly assumes cached), py-spy records the uvicorn
@@ -29,9 +29,15 @@ from loadtests.run import CAUSE_MODEL, PRESETS, locust_step, population, untrain
 from loadtests.service_process import ServiceProcess
 from service.redis_server import EmbeddedRedis
 
-MODES = {  # name -> (locust class, route, extra locust options, concurrent users)
-    "read-mostly": ("RecommendUser", "/recommend", [], 64),
-    "events": ("EventsUser", "/events", ["--events-batch", "100"], 1),
+MODES = {  # name -> (locust classes, route, extra locust options, concurrent users)
+    "read-mostly": (["RecommendUser"], "/recommend", [], 64),
+    "mixed": (
+        ["MixedUser"],
+        "/recommend",
+        ["--recommend-weight", "4", "--events-weight", "1", "--events-batch", "1"],
+        16,
+    ),
+    "events": (["EventsUser"], "/events", ["--events-batch", "100"], 1),
 }
 IDLE = ("select", "epoll", "wait (threading", "_worker (concurrent", "get (queue", "Runner.run")
 OWN = ("service/", "model/")
@@ -87,7 +93,7 @@ def main() -> None:
                 asyncio.run(warm(svc.url, preset.users))
                 assert svc.process is not None
                 for mode in args.modes:
-                    cls, route, options, users = MODES[mode]
+                    classes, route, options, users = MODES[mode]
                     raw = tmp / f"{mode}.txt"
                     spy = subprocess.Popen(
                         [Path(sys.executable).with_name("py-spy"), "record", "-p", str(svc.process.pid),
@@ -95,7 +101,7 @@ def main() -> None:
                          "--nonblocking", "--idle", "--threads"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
-                    stats = locust_step(svc.url, route, [cls], users, preset.step_s, [*extra, *options])
+                    stats = locust_step(svc.url, route, classes, users, preset.step_s, [*extra, *options])
                     spy.wait()
                     result[mode] = {"users": users, "load_while_sampled": stats, **summarize(raw)}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
         "cause": [
             Config("floor", "/noop", ("NoopUser",), preset.read_steps),
             Config("read-mostly", "/recommend", ("RecommendUser",), preset.read_steps),
-            Config("mixed", "/recommend", ("RecommendUser", "EventsUser"), preset.mixed_steps, mixed),
+            Config("mixed", "/recommend", ("MixedUser",), preset.mixed_steps, mixed),
             Config("events", "/events", ("EventsUser",), preset.events_steps, ("--events-batch", "100"), 100),
         ],
         "cause-no-answers": [
@@ -106,7 +106,7 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
             Config(
                 "mixed, answers not stored",
                 "/recommend",
-                ("RecommendUser", "EventsUser"),
+                ("MixedUser",),
                 preset.mixed_steps,
                 mixed,
             ),
@@ -116,7 +116,7 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
             Config(
                 "mixed, no query cache",
                 "/recommend",
-                ("RecommendUser", "EventsUser"),
+                ("MixedUser",),
                 preset.mixed_steps,
                 mixed,
             ),
