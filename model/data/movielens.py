@@ -1,4 +1,4 @@
-"""MovieLens adapters: ml-100k, ml-1m and ml-20m (the last format also serves ml-latest[-small]).
+"""MovieLens adapters: ml-100k, ml-1m and ml-20m (whose format ml-latest and ml-latest-small share).
 
 Events are ratings >= ``min_rating`` (4: the positives; 0: every rating); the action is the rating
 value; genres are categories (many-to-many); titles go into ``extras["titles"]`` for the bundle.
@@ -72,7 +72,9 @@ def _csv_records(path: Path, fields: int) -> list[tuple[int, list[str]]]:
     return out
 
 
-def load_ml_20m(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) -> Dataset:
+def load_ml_20m(
+    data_dir: Path, min_rating: float = 4.0, min_events: int = 5, name: str = "ml-20m"
+) -> Dataset:
     ratings = data_dir / "ratings.csv"
     rows = _rating_rows(ratings, _csv_records(ratings, 4), min_rating)
     movies = [parts for _, parts in _csv_records(data_dir / "movies.csv", 3)]
@@ -81,4 +83,4 @@ def load_ml_20m(data_dir: Path, min_rating: float = 4.0, min_events: int = 5) ->
         for item, _title, names in movies
     }
     titles = {item: title for item, title, _names in movies}
-    return build_dataset("ml-20m", rows, genres, min_events, extras={"titles": titles})
+    return build_dataset(name, rows, genres, min_events, extras={"titles": titles})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 from model.data.dataset import Dataset, DatasetError, build_dataset
@@ -24,7 +25,12 @@ ADAPTERS = {
     for a in [
         Adapter("ml-100k", "u.data, u.item, u.genre (genres as categories)", load_ml_100k),
         Adapter("ml-1m", "ratings.dat, movies.dat ('::'-separated)", load_ml_1m),
-        Adapter("ml-20m", "ratings.csv, movies.csv (also ml-latest, ml-latest-small)", load_ml_20m),
+        Adapter("ml-20m", "ratings.csv, movies.csv", load_ml_20m),
+        Adapter(
+            "ml-latest",
+            "ratings.csv, movies.csv of ml-latest or ml-latest-small (ml-20m's format)",
+            partial(load_ml_20m, name="ml-latest"),
+        ),
         Adapter(
             "csv", "events.csv (user_id,item_id,action,timestamp), items.csv (item_id,categories)", load_csv
         ),

@@ -38,6 +38,8 @@ def test_synthetic_is_deterministic_per_seed() -> None:
     c = load_dataset("synthetic", num_users=20, num_items=50, seed=4)
     assert np.array_equal(a.item, b.item)
     assert np.array_equal(a.ts, b.ts)
+    latest = load_dataset("ml-latest", twenty)  # the same files, under the release's own name
+    assert (latest.name, latest.num_items, latest.describe()["events"]) == ("ml-latest", 7, 14)
     assert not np.array_equal(a.item[:50], c.item[:50])
 
 
@@ -86,7 +88,7 @@ def test_bad_files_name_the_file_and_line(
 
 
 def test_every_adapter_is_listed() -> None:
-    assert set(ADAPTERS) == {"ml-100k", "ml-1m", "ml-20m", "csv", "synthetic"}
+    assert set(ADAPTERS) == {"ml-100k", "ml-1m", "ml-20m", "ml-latest", "csv", "synthetic"}
 
 
 def test_ml1m_and_ml20m_formats_load(tmp_path: Path) -> None:
