@@ -42,7 +42,7 @@ from causerec.machine import machine
 from export.bundle import export_bundle
 from loadtests.run import CAUSE_MODEL, PRESETS, population, untrained_run
 from service.redis_client import connect
-from service.redis_server import EmbeddedRedis
+from service.redis_server import EmbeddedRedis, server_description
 from service.runtime import load_model
 from service.store import Store
 from service.store_codec import State, Tokens, decode_state, decode_tokens, encode_state, encode_tokens
@@ -214,7 +214,7 @@ def main() -> None:
         "machine": machine(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "population": {"users": preset.users, "events_per_user": preset.events, "items": preset.items},
-        "redis": "embedded redis-server (AOF appendfsync always)",
+        "redis": f"embedded {server_description()}, AOF appendfsync always",
         **measured,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ from export.bundle import export_bundle
 from loadtests.service_process import ServiceProcess
 from model.data import Dataset, load_dataset
 from model.train import build_model, save_catalog
-from service.redis_server import EmbeddedRedis
+from service.redis_server import EmbeddedRedis, server_description
 
 
 @dataclass(frozen=True)
@@ -459,9 +459,11 @@ def main() -> None:
     # Each measured row is appended as it comes: a run cut short (a lease ending) keeps its rows.
     partial = out.with_suffix(".rows.jsonl")
     partial.parent.mkdir(parents=True, exist_ok=True)
+    server = server_description()  # the embedded server every configuration's store runs on
     found_gpu = gpu()  # nvidia-smi once: the rows' header names it whatever --device says
     partial.write_text(
-        json.dumps({"command": " ".join(sys.argv), "machine": machine(), "gpu": found_gpu}) + "\n"
+        json.dumps({"command": " ".join(sys.argv), "machine": machine(), "gpu": found_gpu, "redis": server})
+        + "\n"
     )
 
     def record(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -525,6 +527,7 @@ def main() -> None:
         f"--repeats {args.repeats} --device {' '.join(args.device)}"
         + (f" --configs {' '.join(repr(c) for c in args.configs)}" if args.configs != names else ""),
         "machine": machine(),
+        "redis": server,
         "devices": args.device,
         "gpu": found_gpu if "cuda" in args.device else None,
         "preset": args.preset,

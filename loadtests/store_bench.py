@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from causerec.backfill import backfill
 from causerec.machine import machine
-from service.redis_server import EmbeddedRedis
+from service.redis_server import EmbeddedRedis, server_description
 from service.store_codec import user_keys
 
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
@@ -212,7 +212,7 @@ def main() -> None:
             **({"C": 8, "S": 8} if memory else {"V": 8, "G": 32}),
             "d": 64,
             "categories": 20,
-            "redis": "embedded redis-server (AOF appendfsync always)",
+            "redis": f"embedded {server_description()}, AOF appendfsync always",
         },
         "sizes": sizes,
         "bucket_bound_effect": effects,

