@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import memory_store
+from service import memory_store, store_fold
 from service.errors import BundleError, StoreUnavailable, UserStateCorrupt
 from service.redis_scripts import LOG, SET_ANSWER, SET_DERIVED
 from service.store_codec import (
@@ -52,7 +52,6 @@ from service.store_codec import (
     state_head,
     state_next_seq,
 )
-from service.store_fold import Read, fold, queue_fold
 from service.store_io import StoreIO
 from service.store_types import Inspected, UserOutcome, UserRead
 from service.user_state import (
@@ -119,7 +118,7 @@ class Store(StoreIO):
             self._fold_later(model, due)
         elif due:
             with contextlib.suppress(StoreUnavailable):  # logged all the same: a later fold applies them
-                await fold(self, model, due)
+                await store_fold.fold(self, model, due)
         return outcomes
 
     def _fold_later(self, model: ModelView, users: list[str]) -> None:
@@ -133,7 +132,7 @@ class Store(StoreIO):
         async def run() -> None:
             # Acknowledged events are safe whatever happens here: they stay logged until a fold.
             with contextlib.suppress(StoreUnavailable):
-                await fold(self, model, users)
+                await store_fold.fold(self, model, users)
 
         task = asyncio.create_task(run())
         self._folds.add(task)
@@ -168,7 +167,7 @@ class Store(StoreIO):
 
     async def fold(self, model: ModelView, user_ids: list[str]) -> list[UserRead]:
         """Fold these users' logged events into their states now (service.store_fold)."""
-        folded = await fold(self, model, user_ids)
+        folded = await store_fold.fold(self, model, user_ids)
         return [
             UserRead(u, self.keys(u), f.state, f.tokens, error=f.error, head=f.head)
             for u, f in ((u, folded[u]) for u in user_ids)
@@ -211,7 +210,7 @@ class Store(StoreIO):
                 pipe.get(r.keys.memory(model.version))  # what a fold of this user needs too
         replies = await self.io(pipe)
         width = 5 if memory else 4
-        logged: dict[str, Read] = {}
+        logged: dict[str, store_fold.Read] = {}
         for i, r in enumerate(reads):
             blob, tok_blob, q_blob, log, *mem = replies[width * i : width * (i + 1)]
             if any(isinstance(x, Exception) for x in (blob, tok_blob, q_blob, log, *mem)):
@@ -229,7 +228,7 @@ class Store(StoreIO):
                 if r.query is not None and r.query.next_seq != r.state.next_seq:
                     r.query = None
         if logged:
-            folded = await fold(self, model, list(logged), logged, write=False)
+            folded = await store_fold.fold(self, model, list(logged), logged, write=False)
             for r in reads:
                 if r.user_id in logged:
                     f = folded[r.user_id]
@@ -311,12 +310,12 @@ class Store(StoreIO):
         shape; each only if the state has not moved and no event waits in the log). A fold that is
         not written takes its derived values with it: they name the state it would have written."""
         answers = answers if self.answers_ttl_s else ()
-        folds = [r.fold for r in reads if r.fold is not None]
+        folds = list({id(r.fold): r.fold for r in reads if r.fold is not None}.values())  # a user asked twice
         if not folds and not queries and not answers:
             return
         pipe = self.writes()
         for f in folds:
-            queue_fold(self, pipe, model, f)
+            store_fold.queue_fold(self, pipe, model, f)
         for r, q in queries:
             self._set_derived(pipe, r.keys, r.head, r.keys.query(model.version), encode_query(q))
         for r, shape, body in answers:
