@@ -282,6 +282,25 @@ def test_an_append_only_logs_until_the_log_is_full_and_a_read_sees_every_logged_
     run(with_store(backend, prefix, go, fold_after=16))
 
 
+def test_a_user_read_twice_in_one_batch_is_folded_once(backend, prefix, engine):  # type: ignore[no-untyped-def]
+    """Two requests for one user in the same micro-batch share the read's fold: it is written once,
+    not once per request (the second script would only meet its own first write)."""
+
+    async def go(store: Store):  # type: ignore[no-untyped-def]
+        view = await view_on(store, engine)
+        await store.append(view, new_events(view, "tw", [(100 + j, 1 + j, 1) for j in range(3)]), now=0.0)
+        first, second = await store.read(view, ["tw", "tw"])
+        assert first.fold is not None
+        assert first.fold is second.fold
+        scripts = await _calls(store, "eval")
+        await store.write_derived(view, reads=[first, second])
+        assert await _calls(store, "eval") - scripts == 1
+        assert store.counters.conflicts == 0
+        assert not await store.redis.exists(store.keys("tw").log)
+
+    run(with_store(backend, prefix, go, fold_after=16))
+
+
 def test_background_folds_never_hide_an_event_and_a_busy_store_defers_them(  # type: ignore[no-untyped-def]
     backend, prefix, engine
 ):
