@@ -40,6 +40,12 @@ def _options(parser: Any) -> None:
     parser.add_argument(
         "--pace", type=float, default=0.0, help="requests/s per simulated user (0: closed loop, no wait)"
     )
+    parser.add_argument(
+        "--arrivals",
+        choices=("steady", "random"),
+        default="steady",
+        help="with --pace: a request every 1/pace s, or at random times with that mean (Poisson)",
+    )
 
 
 ITEMS: list[str] = []
@@ -53,7 +59,8 @@ def _setup(environment: Any, **_: Any) -> None:
     RecommendUser.weight = opts.recommend_weight
     EventsUser.weight = opts.events_weight
     if opts.pace:
-        _Base.wait_time = constant_throughput(opts.pace)
+        steady = opts.arrivals == "steady"
+        _Base.wait_time = constant_throughput(opts.pace) if steady else poisson_throughput(opts.pace)
     if opts.catalog:
         with open(opts.catalog) as fh:
             ITEMS.extend(str(i) for i in json.load(fh)["items"])
@@ -62,6 +69,20 @@ def _setup(environment: Any, **_: Any) -> None:
             ITEMS.extend(line.strip() for line in fh if line.strip())
     else:
         ITEMS.extend(f"i{n}" for n in range(opts.id_items))
+
+
+def poisson_throughput(rate: float) -> Any:
+    """Each simulated user starts requests at the times of a Poisson process of ``rate`` (a user that
+    falls behind catches up), so N users together send a Poisson stream of N x rate: independent
+    clients, not N clocks ticking in step, whose requests arrive in bursts."""
+
+    def wait_time(user: Any) -> float:
+        now = time.monotonic()
+        due = getattr(user, "_due", now) + random.expovariate(rate)
+        user._due = due
+        return max(0.0, due - now)
+
+    return wait_time
 
 
 class _Base(FastHttpUser):

@@ -13,8 +13,9 @@ Writes OUT.json, OUT.md and OUT.png.
 Configurations:
   floor        POST /noop on the CAUSE service: the HTTP + JSON floor of this app and server.
   read-mostly  POST /recommend for users read once before, so each has a stored answer: one Redis
-               round trip, no model call. Then once more with 16 paced users at half of the best
-               throughput measured: the latency target's load.
+               round trip, no model call. Then twice more with 16 paced users at half of the best
+               throughput measured, the latency target's load: each user sending at a steady rate
+               (16 clocks, whose requests bunch), and at random times (together a Poisson stream).
   mixed        POST /recommend and POST /events (one event), 4 to 1, on the same users: events
                make the next read of their user run the backbone and the scorer.
   events       POST /events, batches of 100 events for random users, 1 and 4 clients.
@@ -125,6 +126,7 @@ def configs(preset: Preset) -> dict[str, list[Config]]:
     }
 
 
+HALF_MAX_RANDOM = "read-mostly at half max, random arrivals"
 BACKBONE = {"d_model": 64, "num_layers": 3, "num_heads": 8, "dropout": 0.0}
 CAUSE_MODEL = {"mode": "cause", "recent_len": 64, "num_buckets": 8, "bucket_size": 32, **BACKBONE}
 """The served CAUSE bundle of the load test and of loadtests.profile (L=64, V=8, G=32)."""
@@ -268,17 +270,21 @@ async def warm(url: str, users: int, concurrency: int = 32) -> None:
         await asyncio.gather(*(reader() for _ in range(concurrency)))
 
 
-def paced(svc: ServiceProcess, rps: float, seconds: int, extra: list[str], repeat: int) -> dict:  # type: ignore[type-arg]
-    """read-mostly at half of its own best throughput (16 users, each paced): the latency target's load."""
+def paced(svc: ServiceProcess, rps: float, seconds: int, extra: list[str], repeat: int) -> list[dict]:  # type: ignore[type-arg]
+    """read-mostly at half of its own best throughput (16 users, each paced): the latency target's load,
+    once with each user sending at a steady rate and once at random (Poisson) times."""
     users = 16
-    pace = Config(
-        "read-mostly at half max",
-        "/recommend",
-        ("RecommendUser",),
-        (users,),
-        ("--pace", f"{rps / 2 / users:.3f}"),
-    )
-    return measure(pace, svc, seconds, extra, repeat)[0]
+    rows = []
+    for arrivals, name in (("steady", "read-mostly at half max"), ("random", HALF_MAX_RANDOM)):
+        pace = Config(
+            name,
+            "/recommend",
+            ("RecommendUser",),
+            (users,),
+            ("--pace", f"{rps / 2 / users:.3f}", "--arrivals", arrivals),
+        )
+        rows += measure(pace, svc, seconds, extra, repeat)
+    return rows
 
 
 def aggregate(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
@@ -348,6 +354,7 @@ def summarize(table: list[dict], rows: list[dict]) -> dict[str, Any]:  # type: i
     top = {c: best(c) for c in sorted({r["config"] for r in table})}
     floor, read = top.get("floor"), top.get("read-mostly")
     half, plain = top.get("read-mostly at half max"), top.get("read-mostly, answers not stored")
+    random_half = top.get(HALF_MAX_RANDOM)
     return {
         "max_rps": {c: r["rps"] if r else 0.0 for c, r in top.items()},
         "p99_ms_at_max": {c: r["p99_ms"] if r else None for c, r in top.items()},
@@ -361,6 +368,7 @@ def summarize(table: list[dict], rows: list[dict]) -> dict[str, Any]:  # type: i
         ),
         "read_mostly_p99_ms_at_half_max": half["p99_ms"] if half else None,
         "read_mostly_rps_at_half_max": half["rps"] if half else None,
+        "read_mostly_p99_ms_at_half_max_random_arrivals": random_half["p99_ms"] if random_half else None,
         "events_per_s": {
             f"{r['users']} clients": r["events_per_s"] for r in table if r["config"] == "events"
         },
@@ -520,7 +528,7 @@ def main() -> None:
                             rows += record(measure(config, svc, preset.step_s, extra, repeat))
                             if config.name == "read-mostly":
                                 top = max(r["rps"] for r in rows[-len(config.steps) :])
-                                rows += record([paced(svc, top, preset.step_s, extra, repeat)])
+                                rows += record(paced(svc, top, preset.step_s, extra, repeat))
     table = aggregate(rows)
     result = {
         "command": f"python -m loadtests.run --preset {args.preset} --workers {args.workers} "

@@ -27,6 +27,7 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
         "floor",
         "read-mostly",
         "read-mostly at half max",
+        "read-mostly at half max, random arrivals",
         "mixed",
         "events",
         "read-mostly, answers not stored",
@@ -44,6 +45,7 @@ def test_ci_preset_runs_every_configuration(tmp_path: Path) -> None:
     assert result["summary"]["cpu"]["read_mostly_vs_floor"] > 0
     assert result["summary"]["cpu"]["read_mostly_answers_not_stored_vs_floor"] > 0
     assert result["summary"]["cpu"]["read_mostly_vs_floor_per_repeat"]["median"] > 0
+    assert result["summary"]["cpu"]["read_mostly_p99_ms_at_half_max_random_arrivals"] is not None
     header, *measured = out.with_suffix(".rows.jsonl").read_text().splitlines()
     assert json.loads(header)["machine"] == result["machine"]
     assert [json.loads(line) for line in measured] == result["rows"]
