@@ -199,24 +199,20 @@ class Store(StoreIO):
         model version or history state) or unreadable are rebuilt from the state and written back;
         an unreadable state fails only its own user (``UserRead.error``)."""
         reads = [UserRead(u, self.keys(u), None) for u in user_ids]
-        memory = model.memory is not None
         pipe = self.redis.pipeline(transaction=False)
         for r in reads:
-            pipe.get(r.keys.state)
-            pipe.get(r.keys.tokens(model.version))
             pipe.get(r.keys.query(model.version))
-            pipe.get(r.keys.log)
-            if memory:
-                pipe.get(r.keys.memory(model.version))  # what a fold of this user needs too
-        replies = await self.io(pipe)
-        width = 5 if memory else 4
+            store_fold.queue_read(pipe, r.keys, model)  # what a fold of this user needs too
+        replies = iter(await self.io(pipe))
         logged: dict[str, store_fold.Read] = {}
-        for i, r in enumerate(reads):
-            blob, tok_blob, q_blob, log, *mem = replies[width * i : width * (i + 1)]
-            if any(isinstance(x, Exception) for x in (blob, tok_blob, q_blob, log, *mem)):
+        for r in reads:
+            q_blob = next(replies)
+            got = store_fold.take_read(replies, model)
+            blob, tok_blob, _, log = got
+            if any(isinstance(x, Exception) for x in (q_blob, *got)):
                 r.error = StoreUnavailable("redis refused a read")
             elif log:  # folded first; its query state is then stale: the fold moves the user's seq
-                logged[r.user_id] = (blob, tok_blob, mem[0] if mem else None, log)
+                logged[r.user_id] = got
             elif blob:
                 try:
                     r.state, r.head = self.usable_state(model, r.user_id, blob), state_head(blob)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from service import memory_store
 from service.errors import StoreConflict, StoreUnavailable, UserStateCorrupt
@@ -132,23 +134,29 @@ async def _fold_chunk(
     return out
 
 
-async def _read(io: StoreIO, model: ModelView, users: list[str]) -> dict[str, Read]:
+def queue_read(pipe: Any, keys: UserKeys, model: ModelView) -> None:
+    """Queue the GETs of what a fold of this user needs; ``take_read`` takes their replies."""
     # Only the keys this model has: commands, not bytes, are what a pipeline costs this process.
     # (No MGET: redis-py refuses it in a cluster pipeline although a user's keys share one slot.)
+    pipe.get(keys.state)
+    pipe.get(keys.tokens(model.version))
+    if model.memory is not None:
+        pipe.get(keys.memory(model.version))
+    pipe.get(keys.log)
+
+
+def take_read(replies: Iterator[Any], model: ModelView) -> Read:
+    """The replies ``queue_read`` queued for one user, in order."""
+    blob, tok = next(replies), next(replies)
+    return blob, tok, next(replies) if model.memory is not None else None, next(replies)
+
+
+async def _read(io: StoreIO, model: ModelView, users: list[str]) -> dict[str, Read]:
     pipe = io.redis.pipeline(transaction=False)
     for user in users:
-        k = io.keys(user)
-        pipe.get(k.state)
-        pipe.get(k.tokens(model.version))
-        if model.memory is not None:
-            pipe.get(k.memory(model.version))
-        pipe.get(k.log)
+        queue_read(pipe, io.keys(user), model)
     replies = iter(await io.io(pipe))
-    out = {}
-    for user in users:
-        blob, tok = next(replies), next(replies)
-        out[user] = (blob, tok, next(replies) if model.memory is not None else None, next(replies))
-    return out
+    return {user: take_read(replies, model) for user in users}
 
 
 async def _fold_round(
