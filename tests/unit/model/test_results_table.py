@@ -38,3 +38,15 @@ def test_a_row_reports_test_and_validation_over_its_seeds() -> None:
     assert hstu["valid N@10"] == "0.1100 ± 0.0100"
     assert hstu["x popularity"] == "2.00"
     assert hstu["seeds"] == "2"
+
+
+def test_the_selection_check_compares_validation_and_test_rankings() -> None:
+    from experiments.results import Row, selection_check
+
+    rows = [Row(name, {"mode": "hstu"}) for name in ("a", "b", "c", "d")]
+    agree = [_run(n, 0, v, v) for n, v in zip("abcd", (0.1, 0.2, 0.3, 0.4), strict=True)]
+    assert "is 1.00; the row validation ranks first, d, is number 1 of 4" in selection_check(agree, rows)
+    # Validation's order reversed on test: its favourite is last there.
+    reverse = [_run(n, 0, 0.5 - v, v) for n, v in zip("abcd", (0.1, 0.2, 0.3, 0.4), strict=True)]
+    assert "is -1.00; the row validation ranks first, d, is number 4 of 4" in selection_check(reverse, rows)
+    assert selection_check(agree[:2], rows) == ""  # two rows: no ranking worth reporting
