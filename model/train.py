@@ -16,7 +16,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model import distributed
 from model.batches import Windows, chunks, length_grouped, tile
 from model.cause import CauseRecommender
-from model.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, TrainConfig, peak_lr
 from model.data import Dataset
 from model.evaluate import evaluate, to_tensors
 from model.samples import SampleBuilder
@@ -62,6 +62,7 @@ def build_model(dataset: Dataset, **overrides: Any) -> CauseRecommender:
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine from lr to min_lr_ratio * lr at ``total``."""
+    assert cfg.lr is not None, "resolve the mode's rate first (model.config.peak_lr)"
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
@@ -137,6 +138,7 @@ def _train(
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)  # the same on every rank: the same batches, negatives and init
     model = build_model(dataset, **model_cfg).to(ctx.device)
+    cfg = replace(cfg, lr=peak_lr(cfg, model.cfg))  # run.json records the rate the run used
     step_model: torch.nn.Module = model
     if ctx.active:
         step_model = DistributedDataParallel(

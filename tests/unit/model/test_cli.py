@@ -55,6 +55,7 @@ def test_train_evaluate_categorize_export(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (run / "metrics.json").is_file()
     assert (run / "training.png").stat().st_size > 1000
+    assert json.loads((run / "run.json").read_text())["train"]["lr"] == 3e-3  # cause's default rate
 
     result = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert result.exit_code == 0, result.output
@@ -79,12 +80,16 @@ def test_train_evaluate_categorize_export(tmp_path: Path) -> None:
             "--categories-csv",
             str(items),
             *TINY_MODEL,
+            "--lr",
+            "0.002",
             "--out",
             str(tmp_path / "kmeans"),
         ],
     )
     assert result.exit_code == 0, result.output  # K-Means categories train like any others
-    assert json.loads((tmp_path / "kmeans" / "run.json").read_text())["dataset"]["categories"] == 3
+    kmeans_run = json.loads((tmp_path / "kmeans" / "run.json").read_text())
+    assert kmeans_run["dataset"]["categories"] == 3
+    assert kmeans_run["train"]["lr"] == 0.002  # --lr overrides the mode's rate
 
     result = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
@@ -97,3 +102,13 @@ def test_bad_dataset_gives_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "u.data: file not found" in result.output
+
+
+def test_the_learning_rate_defaults_to_the_modes() -> None:
+    from model.config import ModelConfig, TrainConfig, peak_lr
+
+    sizes = {"num_items": 10, "num_actions": 2, "num_categories": 3, "max_item_categories": 1}
+    assert peak_lr(TrainConfig(), ModelConfig(**sizes, mode="cause")) == 3e-3
+    for mode in ("hstu", "hstu-full"):
+        assert peak_lr(TrainConfig(), ModelConfig(**sizes, mode=mode)) == 1e-3
+    assert peak_lr(TrainConfig(lr=5e-4), ModelConfig(**sizes, mode="cause")) == 5e-4
