@@ -69,6 +69,16 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def param_groups(model: torch.nn.Module, bias_lr_scale: float) -> list[dict[str, Any]]:
+    """The relative-bias tables (every HSTU layer's ``rab``) in a group of their own, whose rate is
+    ``bias_lr_scale`` times the schedule's; everything else at the schedule's rate."""
+    named = list(model.named_parameters())
+    bias = [p for n, p in named if ".rab." in n]
+    rest = [p for n, p in named if ".rab." not in n]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    return groups + ([{"params": bias, "lr_scale": bias_lr_scale}] if bias else [])
+
+
 class Stopper:
     """Keeps the best epoch by raw validation NDCG@10 and stops once the moving average of the last
     ``smoothing`` epochs has not improved for ``patience`` epochs."""
@@ -146,7 +156,7 @@ def _train(
         )  # ablations leave some unused
     builder = SampleBuilder(dataset, model.cfg)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        param_groups(model, cfg.bias_lr_scale), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     rng = np.random.default_rng(cfg.seed)
     valid, test = dataset.split("valid"), dataset.split("test")
@@ -170,7 +180,7 @@ def _train(
         bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for idx in bar:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, cfg)
+                group["lr"] = lr_at(step, total_steps, cfg) * group["lr_scale"]
             optimizer.zero_grad(set_to_none=True)
             losses = _accumulate(step_model, model, builder, windows, idx, cfg, ctx)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -177,6 +177,33 @@ def test_loss_decreases(tiny_dataset) -> None:  # type: ignore[no-untyped-def]
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.parametrize("compressor", ["cause", "memory"])
+def test_the_bias_tables_train_at_their_own_rate(tiny_dataset, compressor) -> None:  # type: ignore[no-untyped-def]
+    """Every relative-bias table (the compressor's HSTU layers included) is in the scaled group,
+    every other parameter in the plain one; a scale of 0 then freezes exactly those tables."""
+    from model.train import lr_at, param_groups
+
+    torch.manual_seed(0)
+    model = build_model(tiny_dataset, mode="cause", compressor=compressor, **SMALL)
+    groups = param_groups(model, 0.0)
+    ids = [[id(p) for p in g["params"]] for g in groups]
+    rab = {id(p) for n, p in model.named_parameters() if ".rab." in n}
+    assert set(ids[1]) == rab
+    assert len(rab) == 2 * SMALL["num_layers"] * (1 + (compressor == "memory"))
+    assert sorted(ids[0] + ids[1]) == sorted(id(p) for p in model.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(groups, lr=1e-2)
+    cfg = TrainConfig(lr=1e-2, warmup_steps=0)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(0, 10, cfg) * g["lr_scale"]
+    item, action, _ = model.losses(_batch(tiny_dataset, model), num_negatives=None)
+    (item + action).backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(".rab." in n for n in moved)
+    assert "backbone.layers.0.uvqk.weight" in moved
+
+
 @pytest.mark.slow
 def test_cause_learns_the_long_term_signal_a_short_window_misses(tmp_path: Path) -> None:
     """Synthetic users have 4 persistent favourite categories; a 4-event window cannot show them all.
