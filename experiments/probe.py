@@ -8,7 +8,9 @@ Per run (a `causerec train --out` folder), NDCG@10 on
                    out): is the test target harder, or does the newest event mislead?
   no time          valid and test with every timestamp equal: what the time bias contributes;
   no user token    with a per-user token table (--user-hash-buckets N): valid and test with every
-                   user on one unused row of it.
+                   user on one unused row of it;
+  bias |max|       the largest entry of the HSTU layers' relative position / time bias tables (they
+                   start at N(0, 0.02)): how far training moved them.
 A model whose validation gain over another does not reach the test split shows it here first.
 """
 
@@ -50,6 +52,9 @@ def probe(run_dir: Path, dataset: Dataset) -> dict[str, float]:
         builder._hash = np.full_like(builder._hash, min(unused))
         out["valid, no user token"] = ndcg(model, builder, valid)
         out["test, no user token"] = ndcg(model, builder, test)
+    tables = [p.detach().abs().max() for n, p in model.named_parameters() if ".rab." in n]
+    if tables:  # the softmax backbone has none
+        out["bias |max|"] = round(float(max(tables)), 4)
     return out
 
 

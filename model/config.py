@@ -103,7 +103,7 @@ class TrainConfig:
     warmup_steps: int = option(100, "linear warm-up steps, then cosine decay")
     min_lr_ratio: float = option(0.1, "the cosine ends at this fraction of lr")
     # Adam moves a parameter by at most about lr per step, so over ~1,300 steps a bias entry can
-    # travel ~0.7 from its N(0, 0.02) start: too little to push old positions far into SiLU's zero.
+    # travel < 1 from its N(0, 0.02) start. Measured, x10 was not chosen (docs/results/ml-100k/findings.md).
     bias_lr_scale: float = option(1.0, "learning-rate multiplier of the relative position / time bias tables")
     num_negatives: int | None = option(
         None,

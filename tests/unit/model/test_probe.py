@@ -18,7 +18,7 @@ def test_probe_reproduces_the_run_and_leaves_the_dataset_unchanged(tiny_run, tin
     assert found["test"] == round(metrics["test"]["ndcg@10"], 4)
     assert set(found) == {
         "valid", "test", "test, skip", "valid, no time", "test, no time",
-        "valid, no user token", "test, no user token",
+        "valid, no user token", "test, no user token", "bias |max|",
     }  # fmt: skip
     assert all(0 <= v <= 1 for v in found.values())
     np.testing.assert_array_equal(tiny_dataset.ts, ts)
@@ -30,4 +30,4 @@ def test_a_shared_user_token_has_no_user_token_probe(tmp_path, tiny_dataset) -> 
     from tests.conftest import _train
 
     found = probe(_train(tmp_path, tiny_dataset, epochs=1, user_hash_buckets=1), tiny_dataset)
-    assert set(found) == {"valid", "test", "test, skip", "valid, no time", "test, no time"}
+    assert set(found) == {"valid", "test", "test, skip", "valid, no time", "test, no time", "bias |max|"}
