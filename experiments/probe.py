@@ -29,6 +29,7 @@ import torch
 from causerec.machine import machine
 from model.data import Dataset, Split, load_dataset
 from model.evaluate import evaluate
+from model.hstu import bias_tables
 from model.samples import SampleBuilder
 from model.train import load_model
 
@@ -52,9 +53,9 @@ def probe(run_dir: Path, dataset: Dataset) -> dict[str, float]:
         builder._hash = np.full_like(builder._hash, min(unused))
         out["valid, no user token"] = ndcg(model, builder, valid)
         out["test, no user token"] = ndcg(model, builder, test)
-    tables = [p.detach().abs().max() for n, p in model.named_parameters() if ".rab." in n]
+    tables = bias_tables(model)
     if tables:  # the softmax backbone has none
-        out["bias |max|"] = round(float(max(tables)), 4)
+        out["bias |max|"] = round(float(max(p.detach().abs().max() for p in tables)), 4)
     return out
 
 

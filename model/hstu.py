@@ -87,6 +87,12 @@ class RelativeBias(nn.Module):
         return (pos + lookup(self.time.weight.view(-1), time_bucket, self.training)).unsqueeze(1)
 
 
+def bias_tables(model: nn.Module) -> list[nn.Parameter]:
+    """Every RelativeBias table in ``model``: the backbone's and any other HSTU layers' (the memory
+    compressor's)."""
+    return [p for m in model.modules() if isinstance(m, RelativeBias) for p in m.parameters()]
+
+
 class HSTULayer(nn.Module):
     def __init__(self, cfg: ModelConfig, action_values: bool = False) -> None:
         super().__init__()

@@ -31,6 +31,7 @@ from model.cause import CauseRecommender
 from model.config import ModelConfig, TrainConfig, peak_lr
 from model.data import Dataset
 from model.evaluate import evaluate, to_tensors
+from model.hstu import bias_tables
 from model.samples import SampleBuilder
 
 
@@ -72,9 +73,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def param_groups(model: torch.nn.Module, bias_lr_scale: float) -> list[dict[str, Any]]:
     """The relative-bias tables (every HSTU layer's ``rab``) in a group of their own, whose rate is
     ``bias_lr_scale`` times the schedule's; everything else at the schedule's rate."""
-    named = list(model.named_parameters())
-    bias = [p for n, p in named if ".rab." in n]
-    rest = [p for n, p in named if ".rab." not in n]
+    bias = bias_tables(model)
+    scaled = {id(p) for p in bias}
+    rest = [p for p in model.parameters() if id(p) not in scaled]
     groups = [{"params": rest, "lr_scale": 1.0}]
     return groups + ([{"params": bias, "lr_scale": bias_lr_scale}] if bias else [])
 
